@@ -1,0 +1,76 @@
+"""Likelihoods against scipy, at ordinary and extreme values, with finite gradients."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import special, stats
+
+from zipo_scvi._distributions import LIKELIHOODS, log_nb, log_poisson, log_zinb, log_zip
+
+RNG = np.random.default_rng(0)
+X = np.concatenate([np.zeros(20), RNG.integers(1, 10, 20), [1e4, 5e5, 1e6, 3.0, 0.0]])
+LOG_RATE = np.concatenate(
+    [RNG.uniform(-8, 8, 40), [np.log(1e6), np.log(1e6), np.log(1e-9), -20, 13]]
+)
+LOGIT_Z = RNG.normal(0, 3, X.size)
+LOG_THETA = RNG.uniform(-3, 5, X.size)
+
+
+def _t(a):
+    return torch.tensor(a, dtype=torch.float64, requires_grad=True)
+
+
+def _ref_nb(x, m, theta):
+    return stats.nbinom.logpmf(x, theta, theta / (theta + m))
+
+
+def _ref_zero_inflated(x, logpmf, z):
+    zero = special.logsumexp([np.log(z), np.log1p(-z) + logpmf], axis=0)
+    return np.where(x == 0, zero, np.log1p(-z) + logpmf)
+
+
+def test_poisson_matches_scipy():
+    got = log_poisson(_t(X), _t(LOG_RATE)).detach().numpy()
+    np.testing.assert_allclose(
+        got, stats.poisson.logpmf(X, np.exp(LOG_RATE)), rtol=1e-8, atol=1e-6
+    )
+
+
+def test_nb_matches_scipy():
+    got = log_nb(_t(X), _t(LOG_RATE), _t(LOG_THETA)).detach().numpy()
+    ref = _ref_nb(X, np.exp(LOG_RATE), np.exp(LOG_THETA))
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-5)
+
+
+def test_zip_matches_scipy():
+    z = special.expit(LOGIT_Z)
+    got = log_zip(_t(X), _t(LOG_RATE), _t(LOGIT_Z)).detach().numpy()
+    ref = _ref_zero_inflated(X, stats.poisson.logpmf(X, np.exp(LOG_RATE)), z)
+    np.testing.assert_allclose(got, ref, rtol=1e-7, atol=1e-6)
+
+
+def test_zinb_matches_scipy():
+    z = special.expit(LOGIT_Z)
+    got = log_zinb(_t(X), _t(LOG_RATE), _t(LOGIT_Z), _t(LOG_THETA)).detach().numpy()
+    ref = _ref_zero_inflated(X, _ref_nb(X, np.exp(LOG_RATE), np.exp(LOG_THETA)), z)
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(LIKELIHOODS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_finite_values_and_gradients_at_extremes(name, dtype):
+    x = torch.tensor([0.0, 0.0, 1.0, 1e6, 0.0, 7.0], dtype=dtype)
+    log_rate = torch.tensor([-30.0, 14.0, -30.0, 14.0, 0.0, 2.0], dtype=dtype, requires_grad=True)
+    logit_z = torch.tensor([-30.0, 30.0, 30.0, -30.0, 0.0, 0.0], dtype=dtype, requires_grad=True)
+    log_theta = torch.tensor([-5.0, 8.0, 0.0, 3.0, 1.0, -1.0], dtype=dtype, requires_grad=True)
+    ll = LIKELIHOODS[name].log_prob(x, log_rate, logit_z, log_theta)
+    assert torch.isfinite(ll).all()
+    ll.sum().backward()
+    for p in (log_rate, logit_z, log_theta):
+        assert p.grad is None or torch.isfinite(p.grad).all()
+
+
+def test_zip_probabilities_sum_to_one():
+    x = torch.arange(0, 200, dtype=torch.float64)
+    total = log_zip(x, torch.tensor(np.log(20.0)), torch.tensor(-1.0)).exp().sum()
+    assert total.item() == pytest.approx(1.0, abs=1e-8)

@@ -1,0 +1,258 @@
+"""ZIPO end to end on small simulated data: every public method, sparse/dense, save/load."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from zipo_scvi import ZIPO, ZiPoModule, preset
+from zipo_scvi._training import split_molecules
+
+from .conftest import FAST, TINY
+
+COVS = {
+    "batch_key": "batch",
+    "categorical_covariate_keys": ["group"],
+    "continuous_covariate_keys": ["pct_mito"],
+}
+
+
+@pytest.fixture
+def model(adata):
+    ZIPO.setup_anndata(adata, **COVS)
+    m = ZIPO(adata, **TINY)
+    m.train(**FAST)
+    return m
+
+
+@pytest.mark.parametrize("likelihood", ["zip", "zinb", "poisson", "nb"])
+def test_every_public_method(adata, likelihood):
+    ZIPO.setup_anndata(adata, **COVS)
+    model = ZIPO(adata, likelihood=likelihood, **TINY)
+    assert "ZIPO" in repr(model)
+    model.train(**FAST)
+    n, g = adata.shape
+    latent = model.get_latent_representation()
+    assert latent.shape == (n, 8) and np.isfinite(latent).all()
+    mu = model.get_normalized_expression()
+    assert isinstance(mu, pd.DataFrame) and mu.shape == (n, g)
+    np.testing.assert_allclose(mu.sum(1), 1.0, rtol=1e-4)
+    assert list(mu.columns) == list(adata.var_names)
+    scaled = model.get_normalized_expression(library_size=1e4, return_numpy=True)
+    np.testing.assert_allclose(scaled, mu.to_numpy() * 1e4, rtol=1e-4)
+    observed = model.get_normalized_expression(library_size="observed", return_numpy=True)
+    np.testing.assert_allclose(observed.sum(1), np.asarray(adata.X.sum(1)).ravel(), rtol=1e-3)
+    params = model.get_likelihood_parameters()
+    latent_expr = model.get_normalized_expression(library_size="latent", return_numpy=True)
+    np.testing.assert_allclose(latent_expr, params["rate"], rtol=1e-5)
+    assert params["library"].shape == (n,)
+    assert ("zero_prob" in params) == likelihood.startswith("zi")
+    assert ("dispersion" in params) == likelihood.endswith("nb")
+    if "zero_prob" in params:
+        np.testing.assert_allclose(
+            params["mean"], params["rate"] * (1 - params["zero_prob"]), rtol=1e-5
+        )
+    sub = model.get_normalized_expression(indices=[0, 3], gene_list=["gene1", "gene5"])
+    assert sub.shape == (2, 2) and list(sub.index) == ["cell0", "cell3"]
+    other_batch = model.get_normalized_expression(transform_batch="batch1", return_numpy=True)
+    assert other_batch.shape == (n, g)
+    err = model.get_reconstruction_error()
+    assert np.isfinite(err["nll"]) and err["nll"] > 0 and err["mse"] >= 0
+    samples = model.posterior_predictive_sample(n_samples=3)
+    assert samples.shape == (n, g, 3) and (samples >= 0).all()
+    assert model.posterior_predictive_sample().shape == (n, g)
+
+
+def test_history_has_nll_and_mse_per_epoch(model):
+    for key in ("nll_train", "nll_validation", "mse_train", "mse_validation", "validation_loss"):
+        assert key in model.history
+        assert len(model.history[key]) == FAST["max_epochs"]
+
+
+def test_training_lowers_the_loss(adata):
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, **TINY)
+    model.train(max_epochs=15, enable_progress_bar=False, batch_size=64, early_stopping=False)
+    nll = model.history["nll_train"]["nll_train"].to_numpy()
+    assert nll[-1] < nll[0]
+
+
+def test_paper_preset_is_the_papers_configuration(adata):
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, preset="paper")
+    h = model.hyperparameters
+    assert h["encoder_sizes"] == (2048, 1024, 512, 256, 128)
+    assert (h["likelihood"], h["residuals"], h["activation"]) == ("zip", "full", "sigmoid")
+    assert h["alpha_z"] == h["alpha_w"] == 0.1
+    assert model._train_defaults["lr"] == 0.0212
+    assert len(model.module.encoder.residuals) == 4
+
+
+def test_paper_lr_schedule(adata):
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, preset="paper", encoder_sizes=(16, 4))
+    lrs = []
+
+    from lightning.pytorch.callbacks import Callback
+
+    class Record(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 0:
+                lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    model.train(
+        max_epochs=33, enable_progress_bar=False, callbacks=[Record()], early_stopping=False
+    )
+    assert lrs[0] == pytest.approx(0.0212)
+    assert lrs[1] == pytest.approx(0.0212 * 0.9)
+    assert lrs[29] == pytest.approx(0.001, rel=1e-6) or lrs[29] == pytest.approx(0.0212 * 0.9**29)
+    assert lrs[31] <= 0.001 + 1e-12
+
+
+def test_fine_tuning_continues_from_current_weights(model, adata):
+    before = model.get_latent_representation()
+    weight = model.module.encoder.first.weight.detach().clone()
+    model.train(max_epochs=1, enable_progress_bar=False, batch_size=64)
+    assert model.module.encoder.first.weight.shape == weight.shape
+    assert not torch.equal(model.module.encoder.first.weight, weight)  # trained further
+    assert len(model.history["train_loss"]) == FAST["max_epochs"] + 1
+    assert not np.allclose(before, model.get_latent_representation())
+
+
+def test_sparse_and_dense_give_the_same_result(adata):
+    results = []
+    for matrix in (adata.X.tocsr(), adata.X.toarray(), sp.csc_matrix(adata.X)):
+        a = adata.copy()
+        a.X = matrix
+        ZIPO.setup_anndata(a, batch_key="batch")
+        m = ZIPO(a, seed=1, **TINY)
+        m.train(seed=1, **FAST)
+        results.append(m.get_latent_representation())
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5)
+    assert np.isfinite(results[2]).all()  # CSC trains (scvi reads its rows in another order)
+
+
+def test_same_seed_same_result(adata):
+    out = []
+    for _ in range(2):
+        a = adata.copy()
+        ZIPO.setup_anndata(a)
+        m = ZIPO(a, seed=3, **TINY)
+        m.train(seed=3, **FAST)
+        out.append(m.get_normalized_expression(return_numpy=True))
+    np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_sparse_minibatches_through_the_module(adata):
+    ZIPO.setup_anndata(adata)
+    m = ZIPO(adata, **TINY)
+    m.train(load_sparse_tensor=True, **FAST)
+    assert np.isfinite(m.get_latent_representation()).all()
+
+
+def test_save_load_round_trip(model, adata, tmp_path):
+    model.save(tmp_path / "m", overwrite=True)
+    loaded = ZIPO.load(tmp_path / "m", adata=adata)
+    np.testing.assert_array_equal(
+        model.get_latent_representation(), loaded.get_latent_representation()
+    )
+    np.testing.assert_array_equal(
+        model.get_normalized_expression(return_numpy=True),
+        loaded.get_normalized_expression(return_numpy=True),
+    )
+    assert loaded.hyperparameters == model.hyperparameters
+
+
+def test_load_onto_new_data_and_fine_tune(model, adata, tmp_path):
+    model.save(tmp_path / "m", overwrite=True)
+    new = adata[:80].copy()
+    loaded = ZIPO.load(tmp_path / "m", adata=new)
+    loaded.train(max_epochs=1, enable_progress_bar=False, batch_size=32)
+    assert loaded.get_latent_representation().shape == (80, 8)
+
+
+def test_load_with_different_genes_is_a_clear_error(model, adata, tmp_path):
+    model.save(tmp_path / "m", overwrite=True)
+    other = adata[:, :50].copy()
+    with pytest.raises(ValueError, match="genes of this AnnData do not match"):
+        ZIPO.load(tmp_path / "m", adata=other)
+
+
+def test_zero_count_cells_are_fine(adata):
+    x = adata.X.toarray()
+    x[:5] = 0
+    adata.X = sp.csr_matrix(x)
+    ZIPO.setup_anndata(adata)
+    m = ZIPO(adata, **TINY)
+    m.train(**FAST)
+    assert np.isfinite(m.get_latent_representation()).all()
+    assert np.isfinite(
+        m.get_normalized_expression(library_size="observed", return_numpy=True)
+    ).all()
+
+
+@pytest.mark.parametrize("transform", ["none", "log1p", "log1p_norm"])
+@pytest.mark.parametrize("residuals", ["full", "none"])
+def test_module_options(transform, residuals):
+    module = ZiPoModule(
+        30,
+        encoder_sizes=(16, 8, 4),
+        input_transform=transform,
+        residuals=residuals,
+        activation="gelu",
+        decoder_sizes=(8,),
+        norm_order="bn_act",
+    )
+    x = torch.poisson(torch.full((10, 30), 3.0))
+    inf = module.inference(x)
+    gen = module.generative(**inf)
+    out = module.loss({"X": x}, inf, gen)
+    assert out.reconstruction_loss["reconstruction_loss"].shape == (10,)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert len(module.encoder.residuals) == (2 if residuals == "full" else 0)
+
+
+def test_sparse_csr_input_equals_dense_in_the_module():
+    module = ZiPoModule(30, encoder_sizes=(16, 4), input_transform="log1p_norm").eval()
+    x = torch.poisson(torch.full((10, 30), 0.5))
+    dense = module.inference(x)["z"]
+    sparse = module.inference(x.to_sparse_csr())["z"]
+    torch.testing.assert_close(dense, sparse)
+
+
+def test_eval_latents_stay_on_the_scale_of_training(adata):
+    """Hazard from SPEC: sigmoid + BatchNorm can blow latents up in eval mode."""
+    ZIPO.setup_anndata(adata)
+    m = ZIPO(adata, **TINY)
+    m.train(max_epochs=10, enable_progress_bar=False, batch_size=64)
+    held_out = adata[m.validation_indices].copy()
+    z = m.get_latent_representation(held_out)
+    assert np.abs(z).max() < 100 * z.std(0).mean() + 1
+
+
+def test_split_molecules_is_a_partition():
+    x = torch.poisson(torch.full((50, 40), 5.0))
+    a, b = split_molecules(x, 0.9, torch.Generator().manual_seed(0))
+    assert torch.equal(a + b, x) and (a >= 0).all() and (b >= 0).all()
+    assert abs(a.sum() / x.sum() - 0.9) < 0.02
+
+
+def test_unknown_arguments_are_clear_errors(adata):
+    ZIPO.setup_anndata(adata)
+    with pytest.raises(TypeError, match="n_layers"):
+        ZIPO(adata, n_layers=3)
+    with pytest.raises(ValueError, match="likelihood"):
+        ZIPO(adata, likelihood="gaussian")
+    with pytest.raises(ValueError, match="activation"):
+        ZIPO(adata, activation="tanh")
+    with pytest.raises(ValueError, match="preset"):
+        preset("fast")
+    m = ZIPO(adata, **TINY)
+    with pytest.raises(ValueError, match="validation"):
+        m.train(validation="genes", **FAST)
+    with pytest.raises(ValueError, match="library_size"):
+        m.get_normalized_expression(library_size="median")
+    with pytest.raises(ValueError, match="transform_batch"):
+        m.get_normalized_expression(transform_batch="nope")

@@ -1,0 +1,65 @@
+"""Input checks: counts must be finite, non-negative integers, in a non-empty AnnData."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+
+_CHUNK = 10_000
+
+
+def _values(matrix) -> np.ndarray:
+    """The stored values of a dense or sparse block (no densifying of sparse data)."""
+    if sp.issparse(matrix):
+        return np.asarray(matrix.data)
+    if hasattr(matrix, "data") and hasattr(matrix, "indptr"):  # backed sparse dataset
+        return np.asarray(matrix.data)
+    return np.asarray(matrix)
+
+
+def check_counts(adata: AnnData, layer: str | None = None) -> None:
+    """Raise ``ValueError`` naming the problem if ``adata`` does not hold raw counts.
+
+    Parameters
+    ----------
+    adata
+        The data.
+    layer
+        Layer holding the counts (``None``: ``adata.X``).
+
+    Examples
+    --------
+    >>> import numpy as np, anndata
+    >>> check_counts(anndata.AnnData(np.array([[1.5, 0.0]])))
+    Traceback (most recent call last):
+    ...
+    ValueError: adata.X holds non-integer values (e.g. 1.5); ZIPO needs raw counts.
+    """
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+    if layer is not None and layer not in adata.layers:
+        raise ValueError(
+            f"Layer {layer!r} not found in adata.layers (available: {list(adata.layers)})."
+        )
+    matrix = adata.X if layer is None else adata.layers[layer]
+    if matrix is None:
+        raise ValueError(f"{where} is empty (None); ZIPO needs a count matrix.")
+    for start in range(0, adata.n_obs, _CHUNK):
+        block = matrix[start : start + _CHUNK]
+        values = _values(block).astype(np.float64, copy=False).ravel()
+        if values.size == 0:
+            continue
+        if not np.isfinite(values).all():
+            kind = "NaN" if np.isnan(values).any() else "infinite"
+            raise ValueError(f"{where} holds {kind} values; ZIPO needs finite raw counts.")
+        if values.min() < 0:
+            raise ValueError(
+                f"{where} holds negative values (min {values.min():g}); ZIPO needs raw counts."
+            )
+        frac = values[values != np.round(values)]
+        if frac.size:
+            raise ValueError(
+                f"{where} holds non-integer values (e.g. {frac[0]:g}); ZIPO needs raw counts."
+            )

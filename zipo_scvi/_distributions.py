@@ -1,0 +1,186 @@
+"""Pure log-likelihoods of ZiPo's count distributions, written with log-sigmoid only.
+
+All functions take the log of the mean, ``log_rate = log(l * mu)``, rather than the mean, so that
+tiny and huge rates stay finite without epsilon offsets (paper II-D). A likelihood is chosen by
+name from :data:`LIKELIHOODS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def log_poisson(x: torch.Tensor, log_rate: torch.Tensor) -> torch.Tensor:
+    """Log pmf of the Poisson distribution.
+
+    Parameters
+    ----------
+    x
+        Observed counts (non-negative, integer valued, any float dtype).
+    log_rate
+        Log of the Poisson mean ``m``.
+
+    Returns
+    -------
+    ``x log m - m - log x!``, elementwise.
+
+    Examples
+    --------
+    >>> import torch
+    >>> log_poisson(torch.tensor([0.0, 2.0]), torch.tensor([0.0, 0.0]))
+    tensor([-1.0000, -1.6931])
+    """
+    return x * log_rate - torch.exp(log_rate) - torch.lgamma(x + 1.0)
+
+
+def log_nb(x: torch.Tensor, log_rate: torch.Tensor, log_theta: torch.Tensor) -> torch.Tensor:
+    """Log pmf of the negative binomial with mean ``m`` and inverse dispersion ``theta``.
+
+    Parameters
+    ----------
+    x
+        Observed counts.
+    log_rate
+        Log of the mean ``m``.
+    log_theta
+        Log of the inverse dispersion ``theta`` (variance ``m + m^2 / theta``).
+
+    Returns
+    -------
+    The log pmf, elementwise.
+
+    Examples
+    --------
+    >>> import torch
+    >>> log_nb(torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([0.0]))
+    tensor([-0.6931])
+    """
+    theta = torch.exp(log_theta)
+    log_theta_plus_m = torch.logaddexp(log_theta, log_rate)
+    return (
+        torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1.0)
+        + theta * (log_theta - log_theta_plus_m)
+        + x * (log_rate - log_theta_plus_m)
+    )
+
+
+def log_zero_inflated(
+    x: torch.Tensor, logit_z: torch.Tensor, log_f: torch.Tensor, log_f0: torch.Tensor
+) -> torch.Tensor:
+    """Log-likelihood of a zero-inflated count distribution, paper II-D.
+
+    ``log L = log sig(-r) + [x = 0] (r - log sig(r - f(0))) + [x > 0] f(x)`` with ``r = logit z``,
+    which needs no epsilon: every term is a log-sigmoid or a log pmf.
+
+    Parameters
+    ----------
+    x
+        Observed counts.
+    logit_z
+        Logit of the zero-inflation probability ``z``.
+    log_f
+        Log pmf of the count distribution at ``x``.
+    log_f0
+        Log pmf of the count distribution at zero.
+
+    Returns
+    -------
+    The zero-inflated log-likelihood, elementwise.
+    """
+    zero_case = logit_z - F.logsigmoid(logit_z - log_f0)
+    return F.logsigmoid(-logit_z) + torch.where(x == 0, zero_case, log_f)
+
+
+def log_zip(x: torch.Tensor, log_rate: torch.Tensor, logit_z: torch.Tensor) -> torch.Tensor:
+    """Log pmf of the zero-inflated Poisson distribution (ZiPo's default likelihood).
+
+    Parameters
+    ----------
+    x
+        Observed counts.
+    log_rate
+        Log of the Poisson rate ``l * mu``.
+    logit_z
+        Logit of the zero-inflation probability.
+
+    Returns
+    -------
+    The log pmf, elementwise.
+
+    Examples
+    --------
+    >>> import torch
+    >>> log_zip(torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([0.0]))  # log(.5 + .5/e)
+    tensor([-0.3799])
+    """
+    return log_zero_inflated(x, logit_z, log_poisson(x, log_rate), -torch.exp(log_rate))
+
+
+def log_zinb(
+    x: torch.Tensor, log_rate: torch.Tensor, logit_z: torch.Tensor, log_theta: torch.Tensor
+) -> torch.Tensor:
+    """Log pmf of the zero-inflated negative binomial distribution.
+
+    Parameters
+    ----------
+    x
+        Observed counts.
+    log_rate
+        Log of the NB mean ``l * mu``.
+    logit_z
+        Logit of the zero-inflation probability.
+    log_theta
+        Log of the NB inverse dispersion.
+
+    Returns
+    -------
+    The log pmf, elementwise.
+    """
+    log_f0 = torch.exp(log_theta) * (log_theta - torch.logaddexp(log_theta, log_rate))
+    return log_zero_inflated(x, logit_z, log_nb(x, log_rate, log_theta), log_f0)
+
+
+@dataclass(frozen=True)
+class Likelihood:
+    """A count likelihood, as data: its log pmf and which heads it needs.
+
+    Attributes
+    ----------
+    name
+        Short name (``"zip"``, ``"zinb"``, ``"poisson"``, ``"nb"``).
+    zero_inflated
+        Whether the model predicts a zero-inflation probability.
+    dispersion
+        Whether the model predicts an NB dispersion.
+    log_prob
+        ``log_prob(x, log_rate, logit_z, log_theta)``; unused arguments are ignored.
+    """
+
+    name: str
+    zero_inflated: bool
+    dispersion: bool
+    log_prob: Callable[..., torch.Tensor]
+
+
+LIKELIHOODS: dict[str, Likelihood] = {
+    "zip": Likelihood("zip", True, False, lambda x, m, r, t: log_zip(x, m, r)),
+    "zinb": Likelihood("zinb", True, True, log_zinb),
+    "poisson": Likelihood("poisson", False, False, lambda x, m, r, t: log_poisson(x, m)),
+    "nb": Likelihood("nb", False, True, lambda x, m, r, t: log_nb(x, m, t)),
+}
+
+
+def get_likelihood(name: str) -> Likelihood:
+    """Look up a likelihood by name, with a clear error for an unknown one."""
+    try:
+        return LIKELIHOODS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown likelihood {name!r}; choose one of {sorted(LIKELIHOODS)}."
+        ) from None

@@ -1,0 +1,527 @@
+"""ZIPO: the user-facing scvi-tools model class (setup, train, getters, save/load)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scvi
+import torch
+from anndata import AnnData
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import (
+    CategoricalJointObsField,
+    CategoricalObsField,
+    LayerField,
+    NumericalJointObsField,
+)
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+
+from ._checks import check_counts
+from ._defaults import preset as get_preset
+from ._module import ZiPoModule
+from ._training import ZiPoTrainingPlan
+
+logger = logging.getLogger(__name__)
+
+_TRAIN_PLAN_KEYS = (
+    "lr",
+    "lr_decay",
+    "lr_floor",
+    "lr_patience",
+    "lr_threshold",
+    "lr_factor",
+    "weight_decay",
+    "validation",
+)
+
+
+def _count_summary(manager: AnnDataManager, chunk: int = 10_000) -> tuple[float, torch.Tensor]:
+    """Mean log library size and log gene shares of the registered counts, read in chunks."""
+    counts = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+    n_obs = counts.shape[0]
+    log_libraries, gene_totals = [], np.zeros(counts.shape[1])
+    for start in range(0, n_obs, chunk):
+        block = counts[start : start + chunk]
+        totals = np.asarray(block.sum(axis=1)).ravel()
+        log_libraries.append(np.log(np.maximum(totals, 1.0)))
+        gene_totals += np.asarray(block.sum(axis=0)).ravel()
+    shares = (gene_totals + 1.0) / (gene_totals.sum() + gene_totals.size)
+    return float(np.concatenate(log_libraries).mean()), torch.from_numpy(np.log(shares))
+
+
+class ZIPO(UnsupervisedTrainingMixin, BaseModelClass):
+    """ZiPo: a deep zero-inflated Poisson autoencoder for denoising scRNA-seq counts.
+
+    Sharifitabar et al., "A deep neural network to de-noise single-cell RNA sequencing data",
+    bioRxiv 2024.11.20.624552.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    registry
+        Registry of a saved model (used by :meth:`load`).
+    preset
+        ``"default"``: the project's settings, chosen on held-out-molecule benchmarks.
+        ``"paper"``: the paper's exact configuration (ZIP, 2048-1024-512-256-128 with full
+        residuals, log1p input, alpha_z = alpha_w = 0.1, the paper's schedule).
+    seed
+        Seeds torch, numpy and Lightning before the weights are drawn (``scvi.settings.seed``).
+    **model_kwargs
+        Any :class:`~zipo_scvi.ZiPoModule` argument, overriding the preset.
+
+    Examples
+    --------
+    >>> from zipo_scvi import ZIPO
+    >>> from zipo_scvi.data import simulate_counts
+    >>> adata = simulate_counts(n_cells=200, n_genes=100, seed=0)
+    >>> ZIPO.setup_anndata(adata)
+    >>> model = ZIPO(adata, encoder_sizes=(32, 8))
+    >>> model.train(max_epochs=2)
+    >>> model.get_latent_representation().shape
+    (200, 8)
+    """
+
+    _module_cls = ZiPoModule
+    _training_plan_cls = ZiPoTrainingPlan
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        registry: dict | None = None,
+        preset: Literal["default", "paper"] = "default",
+        seed: int | None = None,
+        **model_kwargs,
+    ):
+        super().__init__(adata, registry=registry)
+        module_defaults, self._train_defaults = get_preset(preset)
+        unknown = set(model_kwargs) - set(module_defaults)
+        if unknown:
+            raise TypeError(
+                f"Unknown ZIPO argument(s) {sorted(unknown)}; "
+                f"valid ones are {sorted(module_defaults)}."
+            )
+        if seed is not None:
+            scvi.settings.seed = seed
+        self.preset = preset
+        self.hyperparameters = {**module_defaults, **model_kwargs}
+        stats = self.summary_stats
+        cat_registry = self.registry_["field_registries"].get(REGISTRY_KEYS.CAT_COVS_KEY, {})
+        n_cats = cat_registry.get("state_registry", {}).get("n_cats_per_key")
+        module_kwargs = {k: v for k, v in self.hyperparameters.items() if k != "data_init"}
+        self.module = self._module_cls(
+            n_input=stats.n_vars,
+            n_batch=stats.n_batch,
+            n_cats_per_cov=n_cats,
+            n_continuous_cov=stats.get("n_extra_continuous_covs", 0),
+            **module_kwargs,
+        )
+        if self.hyperparameters["data_init"] and adata is not None:
+            self.module.init_from_data(*_count_summary(self.adata_manager))
+        h = self.hyperparameters
+        self._model_summary_string = (
+            f"ZIPO ({preset} preset): {h['likelihood'].upper()}, encoder "
+            f"{'-'.join(map(str, h['encoder_sizes']))} (residuals {h['residuals']}, "
+            f"{h['activation']}), decoder {'-'.join(map(str, h['decoder_sizes'])) or 'linear'}, "
+            f"{self.module.n_covariates} covariate columns, alpha_z={h['alpha_z']}, "
+            f"alpha_w={h['alpha_w']}"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    def __repr__(self) -> str:
+        return self.summary_string
+
+    # ------------------------------------------------------------------ data
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+        **kwargs,
+    ) -> None:
+        """Register an AnnData of raw counts with ZIPO.
+
+        Parameters
+        ----------
+        adata
+            Cells x genes raw UMI counts (dense or sparse; not normalised, not logged).
+        layer
+            Layer holding the counts; ``None`` uses ``adata.X``.
+        batch_key
+            ``adata.obs`` column of batches (a one-hot covariate beside the latents).
+        categorical_covariate_keys
+            ``adata.obs`` columns of other known categorical covariates.
+        continuous_covariate_keys
+            ``adata.obs`` columns of known continuous covariates.
+
+        Raises
+        ------
+        ValueError
+            If the counts are negative, non-integer, NaN or infinite, the AnnData is empty, or a
+            layer or obs key is missing.
+
+        Examples
+        --------
+        >>> from zipo_scvi.data import simulate_counts
+        >>> adata = simulate_counts(n_cells=100, n_genes=50, n_batches=2, seed=0)
+        >>> ZIPO.setup_anndata(adata, batch_key="batch")
+        """
+        check_counts(adata, layer)
+        keys = [batch_key, *(categorical_covariate_keys or []), *(continuous_covariate_keys or [])]
+        missing = [k for k in keys if k is not None and k not in adata.obs]
+        if missing:
+            raise ValueError(
+                f"Key(s) {missing} not found in adata.obs (available: {list(adata.obs.columns)})."
+            )
+        for key in continuous_covariate_keys or []:
+            values = np.asarray(adata.obs[key], dtype=float)
+            if not np.isfinite(values).all():
+                raise ValueError(f"Continuous covariate {key!r} holds NaN or infinite values.")
+        setup_method_args = cls._get_setup_method_args(**locals())
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            CategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys),
+            NumericalJointObsField(REGISTRY_KEYS.CONT_COVS_KEY, continuous_covariate_keys),
+        ]
+        manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        manager.register_fields(adata, **kwargs)
+        cls.register_manager(manager)
+
+    @classmethod
+    def load(cls, dir_path: str, adata: AnnData | None = None, **kwargs) -> ZIPO:
+        """Load a saved model, optionally onto new data with the same genes.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        adata
+            Data to attach (same genes in the same order as the saved model's); default: the
+            AnnData saved with the model, if any.
+        **kwargs
+            Passed to :meth:`scvi.model.base.BaseModelClass.load`.
+
+        Raises
+        ------
+        ValueError
+            If the genes of ``adata`` differ from the saved model's, or the folder holds no
+            ZIPO model.
+        """
+        if adata is not None:
+            check_counts(adata, kwargs.get("layer"))
+        try:
+            return super().load(str(dir_path), adata=adata, **kwargs)
+        except ValueError as err:
+            if "var" in str(err).lower():
+                raise ValueError(
+                    f"The genes of this AnnData do not match the saved model's genes: {err}"
+                ) from err
+            raise
+        except (FileNotFoundError, OSError, RuntimeError, KeyError) as err:
+            raise ValueError(f"{str(dir_path)!r} does not hold a saved ZIPO model: {err}") from err
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        lr: float | None = None,
+        batch_size: int | None = None,
+        validation: Literal["cells", "molecules"] | None = None,
+        early_stopping: bool = True,
+        train_size: float | None = None,
+        seed: int | None = None,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        plan_kwargs: dict[str, Any] | None = None,
+        datasplitter_kwargs: dict[str, Any] | None = None,
+        **trainer_kwargs,
+    ):
+        """Train (or continue training) with the preset's optimiser, schedule and stopping.
+
+        Parameters
+        ----------
+        max_epochs
+            Epoch cap (preset: 300); early stopping usually ends sooner.
+        lr
+            Initial learning rate (paper: 0.0212, decaying by 0.9 per epoch to 0.001).
+        batch_size
+            Minibatch size.
+        validation
+            ``"cells"`` (the paper: validation cells scored on their counts) or ``"molecules"``
+            (validation cells' molecules split; scored on the held-out part).
+        early_stopping
+            Stop when the validation loss has not improved for the preset's patience (30).
+        train_size
+            Fraction of cells used for training; the rest validate (preset: 0.9). ``1.0``
+            disables validation; scheduling and early stopping then watch the training loss.
+        seed
+            Seeds the split, the minibatch order and dropout.
+        accelerator, devices
+            Lightning device settings (``strategy="ddp"`` etc. go in ``trainer_kwargs``).
+        plan_kwargs
+            Overrides for :class:`~zipo_scvi._training.ZiPoTrainingPlan` (``lr_decay``,
+            ``lr_floor``, ``lr_patience``, ``lr_threshold``, ``lr_factor``, ``weight_decay``).
+        datasplitter_kwargs
+            Passed to scvi's :class:`~scvi.dataloaders.DataSplitter`.
+        **trainer_kwargs
+            Passed to scvi's :class:`~scvi.train.Trainer` (e.g. ``early_stopping_patience``,
+            ``callbacks``, ``enable_progress_bar``, ``load_sparse_tensor``).
+
+        Examples
+        --------
+        >>> model.train(max_epochs=50, validation="molecules")  # doctest: +SKIP
+        """
+        defaults = self._train_defaults
+        if seed is not None:
+            scvi.settings.seed = seed
+        train_size = defaults["train_size"] if train_size is None else train_size
+        has_validation = train_size < 1.0 and self.adata.n_obs * (1 - train_size) >= 1
+        monitor = "validation_loss" if has_validation else "train_loss_epoch"
+        plan = {k: defaults[k] for k in _TRAIN_PLAN_KEYS}
+        if lr is not None:
+            plan["lr"] = lr
+        if validation is not None:
+            plan["validation"] = validation
+        plan.update(plan_kwargs or {})
+        plan["monitor"] = monitor
+        trainer_kwargs.setdefault("early_stopping_patience", defaults["early_stopping_patience"])
+        trainer_kwargs.setdefault("early_stopping_monitor", monitor)
+        if has_validation:
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        self.module.train()  # scvi leaves the module in eval mode after training
+        return super().train(
+            max_epochs=max_epochs or defaults["max_epochs"],
+            accelerator=accelerator,
+            devices=devices,
+            train_size=train_size,
+            validation_size=None,
+            batch_size=batch_size or defaults["batch_size"],
+            early_stopping=early_stopping,
+            plan_kwargs=plan,
+            datasplitter_kwargs=datasplitter_kwargs,
+            **trainer_kwargs,
+        )
+
+    # ------------------------------------------------------------------ inference helpers
+    def _batches(
+        self,
+        adata: AnnData | None,
+        indices: Sequence[int] | None,
+        batch_size: int | None,
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        adata = self._validate_anndata(adata)
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        self.module.eval()
+        with torch.inference_mode():
+            yield from loader
+
+    def _decode(self, tensors, transform_batch: int | None = None) -> dict[str, torch.Tensor]:
+        inference_inputs = self.module._get_inference_input(tensors)
+        inference_outputs = self.module.inference(**inference_inputs)
+        generative_inputs = self.module._get_generative_input(tensors, inference_outputs)
+        return self.module.generative(**generative_inputs, transform_batch=transform_batch)
+
+    def _frame(
+        self,
+        adata: AnnData | None,
+        indices: Sequence[int] | None,
+        values: np.ndarray,
+        columns,
+        return_numpy: bool | None,
+    ) -> np.ndarray | pd.DataFrame:
+        if return_numpy:
+            return values
+        adata = self._validate_anndata(adata)
+        index = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
+        return pd.DataFrame(values, index=index, columns=columns)
+
+    def _batch_code(self, transform_batch) -> int | None:
+        if transform_batch is None:
+            return None
+        mapping = list(
+            self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
+        )
+        if transform_batch not in mapping:
+            raise ValueError(f"transform_batch {transform_batch!r} is not one of {mapping}.")
+        return mapping.index(transform_batch)
+
+    def _collect(
+        self,
+        fn: Callable[[dict, dict], np.ndarray],
+        adata: AnnData | None,
+        indices: Sequence[int] | None,
+        batch_size: int | None,
+        transform_batch=None,
+    ) -> np.ndarray:
+        code = self._batch_code(transform_batch)
+        parts = [
+            fn(tensors, self._decode(tensors, code))
+            for tensors in self._batches(adata, indices, batch_size)
+        ]
+        return np.concatenate(parts, axis=0)
+
+    # ------------------------------------------------------------------ getters
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Return the latents ``U`` of paper II-C (deterministic; eval-mode BatchNorm).
+
+        Parameters
+        ----------
+        adata
+            AnnData registered like the training data; default: the training data.
+        indices
+            Cells to use; default: all.
+        batch_size
+            Minibatch size for inference.
+
+        Returns
+        -------
+        Array of shape ``(n_cells, n_latent)``.
+        """
+        parts = []
+        for tensors in self._batches(adata, indices, batch_size):
+            inference_outputs = self.module.inference(**self.module._get_inference_input(tensors))
+            parts.append(inference_outputs["z"].cpu().numpy())
+        return np.concatenate(parts, axis=0)
+
+    def get_normalized_expression(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        transform_batch: str | None = None,
+        gene_list: Sequence[str] | None = None,
+        library_size: float | Literal["latent", "observed"] = 1,
+        return_numpy: bool | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray | pd.DataFrame:
+        """Return denoised expression.
+
+        Parameters
+        ----------
+        adata, indices, batch_size
+            See :meth:`get_latent_representation`.
+        transform_batch
+            Decode every cell as if it came from this batch category.
+        gene_list
+            Genes to return; default: all.
+        library_size
+            ``1``: ``mu`` (each cell sums to 1); a number: ``mu`` scaled to it; ``"latent"``:
+            the rates ``l * mu`` with the predicted library size; ``"observed"``: ``mu`` times
+            the cell's observed total count.
+        return_numpy
+            Return an array instead of a DataFrame.
+
+        Returns
+        -------
+        Cells x genes DataFrame (index: cells, columns: genes) or array.
+
+        Examples
+        --------
+        >>> denoised = model.get_normalized_expression(library_size="latent")  # doctest: +SKIP
+        """
+        if not (isinstance(library_size, (int, float)) or library_size in ("latent", "observed")):
+            raise ValueError(
+                f"library_size must be a number, 'latent' or 'observed', not {library_size!r}."
+            )
+        adata_ = self._validate_anndata(adata)
+        genes = np.arange(adata_.n_vars)
+        if gene_list is not None:
+            missing = [g for g in gene_list if g not in adata_.var_names]
+            if missing:
+                raise ValueError(f"Genes {missing[:5]} not found in adata.var_names.")
+            genes = adata_.var_names.get_indexer(gene_list)
+
+        def fn(tensors, g):
+            if library_size == "latent":
+                values = g["log_rate"].exp()
+            elif library_size == "observed":
+                x = tensors[REGISTRY_KEYS.X_KEY]
+                values = g["log_mu"].exp() * x.sum(dim=1, keepdim=True)
+            else:
+                values = g["log_mu"].exp() * float(library_size)
+            return values[:, genes].cpu().numpy()
+
+        values = self._collect(fn, adata, indices, batch_size, transform_batch)
+        return self._frame(adata, indices, values, adata_.var_names[genes], return_numpy)
+
+    def get_likelihood_parameters(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Return the fitted distribution's parameters per cell and gene.
+
+        Returns
+        -------
+        Dictionary with ``rate`` (``l * mu``), ``mean`` (``(1 - z) l mu``), ``library``
+        (predicted ``l``, one per cell), and, where the likelihood has them, ``zero_prob``
+        (``z``) and ``dispersion`` (``theta``).
+        """
+        out: dict[str, list[np.ndarray]] = {}
+        for tensors in self._batches(adata, indices, batch_size):
+            g = self._decode(tensors)
+            rate = g["log_rate"].exp()
+            params = {"rate": rate, "library": g["log_library"].exp().squeeze(1), "mean": rate}
+            if g["logit_z"] is not None:
+                params["zero_prob"] = torch.sigmoid(g["logit_z"])
+                params["mean"] = rate * torch.sigmoid(-g["logit_z"])
+            if g["log_theta"] is not None:
+                params["dispersion"] = g["log_theta"].exp()
+            for key, value in params.items():
+                out.setdefault(key, []).append(value.cpu().numpy())
+        return {key: np.concatenate(value, axis=0) for key, value in out.items()}
+
+    def get_reconstruction_error(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> dict[str, float]:
+        """Return the mean per-cell negative log-likelihood and the MSE of rates.
+
+        Returns
+        -------
+        ``{"nll": ..., "mse": ...}``; NLL summed over genes, averaged over cells.
+        """
+        nll, mse, n = 0.0, 0.0, 0
+        for tensors in self._batches(adata, indices, batch_size):
+            _inference_outputs, _generative_outputs, losses = self.module.forward(tensors)
+            cells = losses.reconstruction_loss["reconstruction_loss"]
+            nll += float(cells.sum())
+            mse += float(losses.extra_metrics["mse"]) * cells.shape[0]
+            n += cells.shape[0]
+        return {"nll": nll / n, "mse": mse / n}
+
+    def posterior_predictive_sample(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        n_samples: int = 1,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Draw counts from the fitted distribution.
+
+        Returns
+        -------
+        Array ``(n_cells, n_genes)`` for one sample, else ``(n_cells, n_genes, n_samples)``.
+        """
+        parts = [
+            self.module.sample(tensors, n_samples=n_samples).cpu().numpy()
+            for tensors in self._batches(adata, indices, batch_size)
+        ]
+        samples = np.concatenate(parts, axis=1)
+        return samples[0] if n_samples == 1 else np.moveaxis(samples, 0, -1)

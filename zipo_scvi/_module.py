@@ -1,0 +1,272 @@
+"""ZiPoModule: the maths of ZiPo (inference -> generative -> loss); nothing about AnnData."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from scvi import REGISTRY_KEYS
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from torch import nn
+
+from ._components import INPUT_TRANSFORMS, Decoder, Encoder, LibraryNet, _lookup, dense_input
+from ._defaults import PAPER_MODULE
+from ._distributions import get_likelihood
+
+_P = PAPER_MODULE
+
+
+def scale_invariant_penalty(weight: torch.Tensor) -> torch.Tensor:
+    """Paper II-E: ``mean_i( mean_g |W_ig| / sqrt(mean_g W_ig^2) )`` over first-layer neurons i.
+
+    Invariant to rescaling any neuron's weights, so BatchNorm cannot undo it.
+    """
+    l1 = weight.abs().mean(dim=1)
+    l2 = weight.pow(2).mean(dim=1).sqrt()
+    return (l1 / l2.clamp_min(torch.finfo(weight.dtype).tiny)).mean()
+
+
+class ZiPoModule(BaseModuleClass):
+    """The ZiPo autoencoder of Sharifitabar et al. (paper II-C, II-D) as an scvi-tools module.
+
+    Parameters
+    ----------
+    n_input
+        Number of genes.
+    n_batch
+        Number of batches (one-hot covariate when > 1).
+    n_cats_per_cov
+        Number of categories of each extra categorical covariate.
+    n_continuous_cov
+        Number of continuous covariates.
+    encoder_sizes
+        Encoder layer sizes; the last is the number of latents.
+    residuals
+        ``"full"`` (from every encoder layer to the latent layer) or ``"none"``.
+    activation
+        ``"sigmoid"``, ``"gelu"`` or ``"relu"``.
+    batch_norm
+        Whether encoder, decoder and library blocks use BatchNorm.
+    norm_order
+        ``"act_bn"`` (paper) or ``"bn_act"``.
+    input_transform
+        Encoder input transform: ``"none"``, ``"log1p"`` or ``"log1p_norm"`` (log1p of counts
+        scaled to 1e4 per cell). The likelihood always sees raw counts.
+    input_dropout
+        Dropout on the encoder input while training (a denoising autoencoder).
+    decoder_sizes
+        Hidden decoder blocks before the heads (empty: linear decoder).
+    library_sizes
+        Hidden sizes of the library-size subnetwork.
+    likelihood
+        ``"zip"``, ``"zinb"``, ``"poisson"`` or ``"nb"``.
+    alpha_z, alpha_w, alpha_theta, alpha_library
+        Loss weights of paper II-E and III-F: zero-inflation ``E[z^2]``, the scale-invariant
+        first-layer penalty, ``E[log(theta)^2]`` and ZINB/NB's library term.
+
+    Examples
+    --------
+    >>> import torch
+    >>> module = ZiPoModule(50, encoder_sizes=(16, 4))
+    >>> x = torch.poisson(torch.full((8, 50), 2.0))
+    >>> out = module.generative(**module.inference(x))
+    >>> out["log_mu"].exp().sum(1).allclose(torch.ones(8))
+    True
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_batch: int = 0,
+        n_cats_per_cov: Sequence[int] | None = None,
+        n_continuous_cov: int = 0,
+        encoder_sizes: Sequence[int] = _P["encoder_sizes"],
+        residuals: str = _P["residuals"],
+        activation: str = _P["activation"],
+        batch_norm: bool = _P["batch_norm"],
+        norm_order: str = _P["norm_order"],
+        input_transform: str = _P["input_transform"],
+        input_dropout: float = _P["input_dropout"],
+        decoder_sizes: Sequence[int] = _P["decoder_sizes"],
+        library_sizes: Sequence[int] = _P["library_sizes"],
+        likelihood: str = _P["likelihood"],
+        alpha_z: float = _P["alpha_z"],
+        alpha_w: float = _P["alpha_w"],
+        alpha_theta: float = _P["alpha_theta"],
+        alpha_library: float = _P["alpha_library"],
+    ):
+        super().__init__()
+        self.likelihood = get_likelihood(likelihood)
+        self.transform = _lookup(INPUT_TRANSFORMS, input_transform, "input_transform")
+        self.n_input = n_input
+        self.n_batch = n_batch
+        self.n_cats_per_cov = list(n_cats_per_cov or [])
+        self.n_continuous_cov = n_continuous_cov
+        self.alpha_z, self.alpha_w = alpha_z, alpha_w
+        self.alpha_theta, self.alpha_library = alpha_theta, alpha_library
+        self.n_latent = int(encoder_sizes[-1])
+        n_cov = (n_batch if n_batch > 1 else 0) + sum(self.n_cats_per_cov) + n_continuous_cov
+        self.n_covariates = n_cov
+
+        self.input_dropout = nn.Dropout(input_dropout)
+        self.encoder = Encoder(
+            n_input, encoder_sizes, residuals, activation, batch_norm, norm_order
+        )
+        self.library = LibraryNet(self.n_latent + n_cov, library_sizes, activation, batch_norm)
+        self.decoder = Decoder(
+            self.n_latent + n_cov,
+            n_input,
+            decoder_sizes,
+            zero_inflated=self.likelihood.zero_inflated,
+            dispersion=self.likelihood.dispersion,
+            activation=activation,
+            batch_norm=batch_norm,
+            norm_order=norm_order,
+        )
+
+    # ------------------------------------------------------------------ scvi plumbing
+    @torch.no_grad()
+    def init_from_data(self, mean_log_library: float, gene_log_freq: torch.Tensor) -> None:
+        """Start the library and mean heads at the data's average (a data-dependent init).
+
+        Sets the library network's output bias to the mean log library size and the mean
+        head's bias to the log of each gene's share of all counts, so training starts from the
+        average profile instead of spending its first epochs climbing to it.
+        """
+        self.library[-1].bias.fill_(float(mean_log_library))
+        self.decoder.mean.bias.copy_(gene_log_freq.to(self.decoder.mean.bias))
+
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
+        return {"x": tensors[REGISTRY_KEYS.X_KEY]}
+
+    def _get_generative_input(
+        self, tensors: dict[str, torch.Tensor], inference_outputs: dict, **kwargs
+    ) -> dict:
+        return {
+            "z": inference_outputs["z"],
+            "batch_index": tensors.get(REGISTRY_KEYS.BATCH_KEY),
+            "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
+            "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS_KEY),
+        }
+
+    # ------------------------------------------------------------------ model
+    @auto_move_data
+    def inference(self, x: torch.Tensor, n_samples: int = 1) -> dict[str, torch.Tensor]:
+        """Encode counts into the latents ``U`` (returned as ``"z"``, deterministic)."""
+        h = self.transform(x)
+        if self.training and self.input_dropout.p > 0:
+            h = self.input_dropout(dense_input(h))
+        u = self.encoder(h)
+        if n_samples > 1:
+            u = u.unsqueeze(0).expand(n_samples, *u.shape)
+        return {"z": u}
+
+    def covariates(
+        self,
+        n: int,
+        batch_index: torch.Tensor | None = None,
+        cat_covs: torch.Tensor | None = None,
+        cont_covs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Known covariates ``U'``: one-hot batch and categories, then continuous values."""
+        parts = []
+        if self.n_batch > 1 and batch_index is not None:
+            parts.append(F.one_hot(batch_index.reshape(-1).long(), self.n_batch).float())
+        if cat_covs is not None:
+            for col, n_cat in zip(cat_covs.split(1, dim=1), self.n_cats_per_cov):
+                parts.append(F.one_hot(col.reshape(-1).long(), n_cat).float())
+        if cont_covs is not None and self.n_continuous_cov > 0:
+            parts.append(cont_covs.float())
+        if not parts:
+            return torch.zeros(n, 0, device=self.device)
+        return torch.cat(parts, dim=1)
+
+    @auto_move_data
+    def generative(
+        self,
+        z: torch.Tensor,
+        batch_index: torch.Tensor | None = None,
+        cat_covs: torch.Tensor | None = None,
+        cont_covs: torch.Tensor | None = None,
+        transform_batch: int | None = None,
+    ) -> dict[str, torch.Tensor | None]:
+        """Decode ``V = concat(U, U')`` into library size, mean, zero inflation, dispersion."""
+        if transform_batch is not None and batch_index is not None:
+            batch_index = torch.full_like(batch_index, int(transform_batch))
+        v = torch.cat([z, self.covariates(z.shape[0], batch_index, cat_covs, cont_covs)], dim=1)
+        heads = self.decoder(v)
+        log_library = self.library(v)
+        heads["log_library"] = log_library
+        heads["log_rate"] = log_library + heads["log_mu"]
+        heads["px"] = heads["log_mu"].exp()
+        return heads
+
+    def log_likelihood(self, x: torch.Tensor, generative_outputs: dict) -> torch.Tensor:
+        """Elementwise log-likelihood of counts ``x`` under the decoded distribution."""
+        g = generative_outputs
+        return self.likelihood.log_prob(x, g["log_rate"], g["logit_z"], g["log_theta"])
+
+    def loss(
+        self,
+        tensors: dict[str, torch.Tensor],
+        inference_outputs: dict,
+        generative_outputs: dict,
+        target: torch.Tensor | None = None,
+        rate_scale: float = 1.0,
+        **kwargs,
+    ) -> LossOutput:
+        """Paper II-E loss; the reconstruction loss is the per-cell NLL.
+
+        Parameters
+        ----------
+        tensors
+            The minibatch.
+        inference_outputs, generative_outputs
+            Outputs of :meth:`inference` and :meth:`generative`.
+        target
+            Counts to score instead of the input (held-out molecules); default: the input.
+        rate_scale
+            Factor applied to the rates before scoring ``target`` (its expected share of the
+            molecules relative to the input).
+        """
+        x = dense_input(tensors[REGISTRY_KEYS.X_KEY] if target is None else target)
+        g = dict(generative_outputs)
+        if rate_scale != 1.0:
+            g["log_rate"] = g["log_rate"] + torch.log(torch.tensor(rate_scale, device=x.device))
+        nll_cell = -self.log_likelihood(x, g).sum(dim=1)
+        loss = nll_cell.mean()
+        rate = g["log_rate"].exp()
+        extra = {"nll": nll_cell.mean().detach(), "mse": (rate - x).pow(2).mean().detach()}
+        if g["logit_z"] is not None:
+            zero_prob = torch.sigmoid(g["logit_z"])
+            loss = loss + self.alpha_z * zero_prob.pow(2).mean()
+            extra["zero_prob"] = zero_prob.mean().detach()
+        if self.alpha_w > 0:
+            loss = loss + self.alpha_w * scale_invariant_penalty(
+                self.encoder.first.effective_weight()
+            )
+        if g["log_theta"] is not None:
+            loss = loss + self.alpha_theta * g["log_theta"].pow(2).mean()
+            library_gap = g["log_library"].exp().squeeze(1) * rate_scale - x.sum(dim=1)
+            loss = loss + self.alpha_library * library_gap.pow(2).mean()
+        return LossOutput(
+            loss=loss,
+            reconstruction_loss=nll_cell,
+            kl_local=torch.zeros_like(nll_cell),
+            extra_metrics=extra,
+        )
+
+    @torch.inference_mode()
+    def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
+        """Draw counts from the fitted distribution, shape ``(n_samples, cells, genes)``."""
+        _, g = self.forward(tensors, compute_loss=False)
+        rate = g["log_rate"].exp().expand(n_samples, *g["log_rate"].shape)
+        if g["log_theta"] is not None:
+            theta = g["log_theta"].exp().expand_as(rate)
+            rate = torch.distributions.Gamma(theta, theta / rate.clamp_min(1e-30)).sample()
+        counts = torch.poisson(rate)
+        if g["logit_z"] is not None:
+            zero = torch.bernoulli(torch.sigmoid(g["logit_z"]).expand_as(counts))
+            counts = counts * (1 - zero)
+        return counts

@@ -1,0 +1,143 @@
+"""ZiPo's training plan: the paper's LR schedule and held-out-molecule validation."""
+
+from __future__ import annotations
+
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.train import TrainingPlan
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from ._components import dense_input
+from ._defaults import MOLECULE_SPLIT, PAPER_TRAIN
+
+VALIDATION_MODES = ("cells", "molecules")
+
+
+def split_molecules(
+    x: torch.Tensor, fraction: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split counts by binomial thinning: ``X ~ Binomial(n, fraction)``, ``Y = n - X``.
+
+    Parameters
+    ----------
+    x
+        Counts (dense or sparse minibatch).
+    fraction
+        Share of molecules kept in the first part.
+    generator
+        Torch generator, for a split that is the same every epoch.
+
+    Returns
+    -------
+    The two parts, dense.
+    """
+    x = dense_input(x)
+    kept = torch.binomial(x, torch.full_like(x, fraction), generator=generator)
+    return kept, x - kept
+
+
+class ZiPoTrainingPlan(TrainingPlan):
+    """scvi's :class:`~scvi.train.TrainingPlan` with the paper's schedule (II-G).
+
+    The learning rate starts at ``lr`` and is multiplied by ``lr_decay`` every epoch until it
+    reaches ``lr_floor``; ReduceLROnPlateau then cuts it by ``lr_factor`` when the monitored loss
+    has not improved by a relative ``lr_threshold`` for ``lr_patience`` epochs.
+
+    Parameters
+    ----------
+    module
+        A :class:`~zipo_scvi.ZiPoModule`.
+    lr, lr_decay, lr_floor, lr_patience, lr_threshold, lr_factor, weight_decay
+        Schedule and optimiser settings (defaults: the paper's).
+    validation
+        ``"cells"``: score validation cells on their own counts (the paper). ``"molecules"``:
+        thin each validation cell's counts, encode one part and score the held-out part.
+    monitor
+        Metric watched by the plateau scheduler.
+    molecule_split
+        Share of molecules the model sees in ``"molecules"`` validation.
+    **kwargs
+        Passed to :class:`~scvi.train.TrainingPlan`.
+    """
+
+    def __init__(
+        self,
+        module,
+        *,
+        lr: float = PAPER_TRAIN["lr"],
+        lr_decay: float = PAPER_TRAIN["lr_decay"],
+        lr_floor: float = PAPER_TRAIN["lr_floor"],
+        lr_patience: int = PAPER_TRAIN["lr_patience"],
+        lr_threshold: float = PAPER_TRAIN["lr_threshold"],
+        lr_factor: float = PAPER_TRAIN["lr_factor"],
+        weight_decay: float = PAPER_TRAIN["weight_decay"],
+        validation: str = PAPER_TRAIN["validation"],
+        monitor: str = "validation_loss",
+        molecule_split: float = MOLECULE_SPLIT,
+        **kwargs,
+    ):
+        if validation not in VALIDATION_MODES:
+            raise ValueError(
+                f"Unknown validation {validation!r}; choose one of {list(VALIDATION_MODES)}."
+            )
+        super().__init__(
+            module,
+            lr=lr,
+            weight_decay=weight_decay,
+            lr_patience=lr_patience,
+            lr_threshold=lr_threshold,
+            lr_factor=lr_factor,
+            eps=1e-8,
+            **kwargs,
+        )
+        self.lr_decay, self.lr_floor = lr_decay, lr_floor
+        self.validation, self.monitor = validation, monitor
+        self.molecule_split = molecule_split
+
+    def configure_optimizers(self):
+        """Adam with a relative-threshold ReduceLROnPlateau (pytorch-ignite's, as in II-G)."""
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(
+            params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay
+        )
+        scheduler = ReduceLROnPlateau(
+            optimizer,
+            mode="min",
+            factor=self.lr_factor,
+            patience=self.lr_patience,
+            threshold=self.lr_threshold,
+            threshold_mode="rel",
+            min_lr=self.lr_min,
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor},
+        }
+
+    def on_train_epoch_start(self):
+        """Exponential warm phase: ``lr * decay^epoch`` until it reaches the floor."""
+        epoch = self.current_epoch
+        if epoch == 0 or self.lr * self.lr_decay ** (epoch - 1) > self.lr_floor:
+            lr = max(self.lr * self.lr_decay**epoch, min(self.lr, self.lr_floor))
+            for group in self.optimizers().param_groups:
+                group["lr"] = lr
+
+    def validation_step(self, batch, batch_idx):
+        """Score validation cells; on held-out molecules when ``validation="molecules"``."""
+        loss_kwargs = dict(self.loss_kwargs)
+        if self.validation == "molecules":
+            generator = torch.Generator(device="cpu").manual_seed(1_000_003 + batch_idx)
+            x = batch[REGISTRY_KEYS.X_KEY]
+            seen, held_out = split_molecules(x.cpu(), self.molecule_split, generator)
+            batch = {**batch, REGISTRY_KEYS.X_KEY: seen.to(x.device)}
+            loss_kwargs["target"] = held_out.to(x.device)
+            loss_kwargs["rate_scale"] = (1.0 - self.molecule_split) / self.molecule_split
+        _, _, scvi_loss = self.forward(batch, loss_kwargs=loss_kwargs)
+        self.log(
+            "validation_loss",
+            scvi_loss.loss,
+            on_step=self.on_step,
+            on_epoch=self.on_epoch,
+            sync_dist=self.use_sync_dist,
+        )
+        self.compute_and_log_metrics(scvi_loss, self.val_metrics, "validation")
