@@ -1,0 +1,657 @@
+"""Benchmark harness: MCV split and scores, truth scores, latent ARI, and one runner per method.
+
+The protocol is ``../shared/BENCHMARKS.md`` (molecular cross-validation after Batson et al. 2019,
+as in the openproblems denoising task). Every runner has the signature
+``run_<method>(train_adata, seed, **kw) -> dict(denoised, latent, seconds, peak_rss_mb, info)``
+where ``denoised`` is cells x genes on the count scale of ``train_adata.X``. :func:`run_method`
+runs one of them in its own subprocess (``python -m benchmarks._harness``) so that peak memory
+is measured per method and one crashing peer does not end the benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+
+REPO = Path(__file__).resolve().parent.parent
+DCA_VENV = Path(os.environ.get("ZIPO_DCA_VENV", "/work/dca_venv"))
+DCA_SCRIPT = REPO / "benchmarks" / "peers" / "run_dca.py"
+
+#: The benchmark's default simulation: Splatter-like, with expression-dependent dropout
+#: (a count is zeroed with probability 1 / (1 + rate), i.e. half of the counts of rate 1).
+SIM_DEFAULTS: dict[str, Any] = {
+    "n_cells": 3000,
+    "n_genes": 1500,
+    "n_groups": 6,
+    "de_prob": 0.1,
+    "dropout_midpoint": 0.0,
+    "dropout_shape": -1.0,
+}
+
+#: Peers' epoch cap (scvi's own heuristic for <= 20k cells) with early stopping on validation.
+PEER_MAX_EPOCHS = 400
+
+
+# ----------------------------------------------------------------------------- data and scores
+def _dense(x) -> np.ndarray:
+    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+
+
+def mcv_split(adata: AnnData, fraction: float = 0.9, seed: int = 0) -> tuple[AnnData, np.ndarray]:
+    """Split every molecule between a training and a test matrix (binomial thinning).
+
+    Counts are rounded, ``X ~ Binomial(n, fraction)`` and ``Y = n - X``; genes with no training
+    counts are dropped from both (BENCHMARKS.md, step 1).
+
+    Parameters
+    ----------
+    adata
+        Raw counts in ``.X`` (dense or sparse). ``obs`` is copied; a ``layers["true_rate"]``
+        (simulation) is kept, subset to the same genes, for :func:`score_truth`.
+    fraction
+        Share of molecules in the training part.
+    seed
+        Seed of the thinning.
+
+    Returns
+    -------
+    ``(train, test)``: an AnnData with the training counts (CSR float32) in ``.X``, and the
+    test counts as a dense float32 array of the same shape.
+
+    Examples
+    --------
+    >>> from zipo_scvi.data import simulate_counts
+    >>> train, test = mcv_split(simulate_counts(n_cells=50, n_genes=30, seed=0), seed=1)
+    >>> train.shape == test.shape
+    True
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must lie in (0, 1), not {fraction}.")
+    counts = np.round(_dense(adata.X))
+    if (counts < 0).any():
+        raise ValueError("mcv_split needs non-negative counts.")
+    rng = np.random.default_rng(seed)
+    x = rng.binomial(counts.astype(np.int64), fraction).astype(np.float32)
+    y = (counts - x).astype(np.float32)
+    keep = x.sum(axis=0) > 0
+    train = AnnData(
+        sp.csr_matrix(x[:, keep]), obs=adata.obs.copy(), var=adata.var.iloc[keep].copy()
+    )
+    if "true_rate" in adata.layers:
+        train.layers["true_rate"] = _dense(adata.layers["true_rate"])[:, keep].astype(np.float32)
+    train.uns["mcv"] = {"fraction": fraction, "seed": seed, "n_genes_dropped": int((~keep).sum())}
+    return train, y[:, keep]
+
+
+def _log_norm(x: np.ndarray, target: float = 1e4) -> np.ndarray:
+    total = x.sum(axis=1, keepdims=True)
+    scale = np.divide(target, total, out=np.zeros_like(total), where=total > 0)
+    return np.log1p(x * scale)
+
+
+def score_mcv(denoised, test, train) -> dict[str, float]:
+    """Score denoised expression against held-out molecules (BENCHMARKS.md, step 3).
+
+    ``poisson``: ``D' = D * sum(Y) / sum(X)``; mean over cells and genes of
+    ``D' - Y log(D' + 1e-6)``. ``mse``: ``D`` and ``Y`` normalised to 1e4 counts per cell,
+    ``log1p``, mean squared difference. Lower is better for both.
+
+    Parameters
+    ----------
+    denoised
+        ``D``, cells x genes on the training counts' scale.
+    test
+        ``Y``, the held-out counts.
+    train
+        ``X``, the training counts (array, sparse matrix or AnnData).
+
+    Returns
+    -------
+    ``{"poisson": ..., "mse": ...}``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> score_mcv(np.ones((1, 2)), np.array([[1.0, 0.0]]), np.array([[2.0, 2.0]]))["mse"] > 0
+    True
+    """
+    x = train.X if isinstance(train, AnnData) else train
+    d, y = _dense(denoised), _dense(test)
+    if d.shape != y.shape:
+        raise ValueError(f"denoised {d.shape} and test {y.shape} differ in shape.")
+    total_x = float(x.sum())
+    if total_x <= 0:
+        raise ValueError("The training counts are all zero.")
+    d_scaled = d * (y.sum() / total_x)
+    poisson = float(np.mean(d_scaled - y * np.log(d_scaled + 1e-6)))
+    mse = float(np.mean((_log_norm(d) - _log_norm(y)) ** 2))
+    return {"poisson": poisson, "mse": mse}
+
+
+def score_truth(denoised, true_rate) -> dict[str, float]:
+    """Compare denoised expression with the simulation's true rates.
+
+    Both are normalised to 1e4 per cell and ``log1p``-transformed.
+
+    Returns
+    -------
+    ``{"mse_truth": ..., "corr_truth": ...}``: the mean squared difference and the Pearson
+    correlation over all entries (lower and higher are better).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> truth = np.array([[1.0, 3.0], [2.0, 2.0]])
+    >>> score_truth(truth * 5, truth)["mse_truth"] < 1e-12
+    True
+    """
+    a, b = _log_norm(_dense(denoised)), _log_norm(_dense(true_rate))
+    if a.shape != b.shape:
+        raise ValueError(f"denoised {a.shape} and truth {b.shape} differ in shape.")
+    corr = float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+    return {"mse_truth": float(np.mean((a - b) ** 2)), "corr_truth": corr}
+
+
+def latent_ari(latent, groups, seed: int = 0, leiden: bool = False) -> dict[str, float]:
+    """Adjusted Rand index and NMI of clusters of a latent space against known groups.
+
+    k-means with as many clusters as groups (10 restarts); optionally Leiden on a 15-nearest-
+    neighbour graph at resolution 0.5 (needs ``leidenalg``).
+
+    Returns
+    -------
+    ``{"ari": ..., "nmi": ...}`` (plus ``"ari_leiden"``, ``"nmi_leiden"``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> latent = np.r_[np.zeros((5, 2)), np.ones((5, 2)) * 10]
+    >>> latent_ari(latent, [0] * 5 + [1] * 5)
+    {'ari': 1.0, 'nmi': 1.0}
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    z = np.asarray(latent, dtype=np.float64)
+    labels = np.asarray(groups)
+    if not np.isfinite(z).all():
+        return {"ari": float("nan"), "nmi": float("nan")}
+    k = len(np.unique(labels))
+    pred = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(z)
+    out = {
+        "ari": float(adjusted_rand_score(labels, pred)),
+        "nmi": float(normalized_mutual_info_score(labels, pred)),
+    }
+    if leiden:
+        import scanpy as sc
+
+        tmp = AnnData(np.zeros((z.shape[0], 1), dtype=np.float32))
+        tmp.obsm["latent"] = z
+        sc.pp.neighbors(tmp, use_rep="latent", n_neighbors=15, random_state=seed)
+        sc.tl.leiden(tmp, resolution=0.5, random_state=seed, flavor="igraph", n_iterations=2)
+        pred = tmp.obs["leiden"].to_numpy()
+        out["ari_leiden"] = float(adjusted_rand_score(labels, pred))
+        out["nmi_leiden"] = float(normalized_mutual_info_score(labels, pred))
+    return out
+
+
+def pca_latent(x: np.ndarray, n_comps: int = 10, seed: int = 0) -> np.ndarray:
+    """PCA of log-normalised (or already transformed, ``x`` as given) expression."""
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=min(n_comps, *x.shape), random_state=seed).fit_transform(x)
+
+
+# ----------------------------------------------------------------------------- runners
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process and its finished children (Linux: KiB units)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024.0
+
+
+def _counts_only(adata: AnnData, batch_key: str | None = None) -> AnnData:
+    """What a method may see: the training counts (and the batch column if one is used)."""
+    obs = adata.obs[[batch_key]].copy() if batch_key else adata.obs.iloc[:, :0].copy()
+    x = adata.X if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
+    return AnnData(x.astype(np.float32), obs=obs, var=adata.var.iloc[:, :0].copy())
+
+
+def _result(denoised, latent, start: float, **info) -> dict[str, Any]:
+    return {
+        "denoised": np.asarray(denoised, dtype=np.float32),
+        "latent": None if latent is None else np.asarray(latent, dtype=np.float32),
+        "seconds": time.perf_counter() - start,
+        "peak_rss_mb": _peak_rss_mb(),
+        "info": info,
+    }
+
+
+def _epochs(model) -> int:
+    history = getattr(model, "history", None) or {}
+    for key in ("train_loss_epoch", "elbo_train"):
+        if key in history:
+            return len(history[key])
+    return -1
+
+
+def run_zipo(
+    train_adata: AnnData,
+    seed: int,
+    preset: str = "default",
+    output: str = "latent",
+    train: dict | None = None,
+    batch_key: str | None = None,
+    **model_kwargs,
+) -> dict[str, Any]:
+    """ZIPO with any preset and module arguments; ``train`` holds ``model.train`` arguments.
+
+    ``output`` picks the denoised value: ``"latent"`` (``l * mu``, predicted library),
+    ``"observed"`` (``mu`` times the observed library) or ``"mean"`` (``(1 - z) l mu``).
+
+    Examples
+    --------
+    >>> from zipo_scvi.data import simulate_counts
+    >>> res = run_zipo(simulate_counts(60, 30), 0, encoder_sizes=(8, 4), train={"max_epochs": 1})
+    >>> res["denoised"].shape
+    (60, 30)
+    """
+    from zipo_scvi import ZIPO
+
+    adata = _counts_only(train_adata, batch_key)
+    start = time.perf_counter()
+    ZIPO.setup_anndata(adata, batch_key=batch_key)
+    model = ZIPO(adata, preset=preset, seed=seed, **model_kwargs)
+    model.train(seed=seed, **{"enable_progress_bar": False, **(train or {})})
+    if output == "mean":
+        denoised = model.get_likelihood_parameters()["mean"]
+    elif output in ("latent", "observed"):
+        denoised = model.get_normalized_expression(library_size=output, return_numpy=True)
+    else:
+        raise ValueError(f"Unknown output {output!r}; choose latent, observed or mean.")
+    latent = model.get_latent_representation()
+    return _result(denoised, latent, start, epochs=_epochs(model), label=f"ZIPO ({preset})")
+
+
+def _run_scvi_model(cls, train_adata, seed, batch_key, model_kwargs, train, label):
+    import scvi
+
+    adata = _counts_only(train_adata, batch_key)
+    start = time.perf_counter()
+    scvi.settings.seed = seed
+    cls.setup_anndata(adata, batch_key=batch_key)
+    model = cls(adata, **model_kwargs)
+    kwargs = {
+        "max_epochs": PEER_MAX_EPOCHS,
+        "early_stopping": True,
+        "check_val_every_n_epoch": 1,
+        "enable_progress_bar": False,
+        **(train or {}),
+    }
+    model.train(**kwargs)
+    # library_size="latent" returns the rate mu (scale * library); with the observed library
+    # (SCVI's default) that is on the input's count scale, as MCV needs.
+    denoised = model.get_normalized_expression(library_size="latent", return_numpy=True)
+    latent = model.get_latent_representation()
+    return _result(denoised, latent, start, epochs=_epochs(model), label=label)
+
+
+def run_scvi_zinb(
+    train_adata: AnnData,
+    seed: int,
+    batch_key: str | None = None,
+    train: dict | None = None,
+    **model_kwargs,
+) -> dict[str, Any]:
+    """scvi-tools SCVI with its defaults (ZINB), early stopping on validation ELBO."""
+    from scvi.model import SCVI
+
+    kwargs = {"gene_likelihood": "zinb", **model_kwargs}
+    return _run_scvi_model(SCVI, train_adata, seed, batch_key, kwargs, train, "scVI (ZINB)")
+
+
+def run_scvi_poisson(
+    train_adata: AnnData,
+    seed: int,
+    batch_key: str | None = None,
+    train: dict | None = None,
+    **model_kwargs,
+) -> dict[str, Any]:
+    """scvi-tools SCVI with ``gene_likelihood="poisson"``."""
+    from scvi.model import SCVI
+
+    kwargs = {"gene_likelihood": "poisson", **model_kwargs}
+    return _run_scvi_model(SCVI, train_adata, seed, batch_key, kwargs, train, "scVI (Poisson)")
+
+
+def run_ldvae(
+    train_adata: AnnData,
+    seed: int,
+    batch_key: str | None = None,
+    train: dict | None = None,
+    **model_kwargs,
+) -> dict[str, Any]:
+    """scvi-tools LinearSCVI (LDVAE) with its defaults (NB, 10 latents, linear decoder)."""
+    from scvi.model import LinearSCVI
+
+    return _run_scvi_model(
+        LinearSCVI, train_adata, seed, batch_key, model_kwargs, train, "LDVAE (LinearSCVI)"
+    )
+
+
+def run_magic(train_adata: AnnData, seed: int, n_jobs: int = 1, **magic_kwargs) -> dict[str, Any]:
+    """MAGIC on ``sqrt`` of library-normalised counts, squared and scaled back per cell.
+
+    Counts are scaled to the median library, ``sqrt``-transformed, smoothed by MAGIC (its
+    defaults), clipped at zero, squared and scaled back to each cell's own library. The latent
+    is the PCA (10 components) of MAGIC's output.
+    """
+    import magic
+
+    x = _dense(train_adata.X)
+    start = time.perf_counter()
+    library = x.sum(axis=1, keepdims=True)
+    median = float(np.median(library))
+    factor = np.divide(median, library, out=np.zeros_like(library), where=library > 0)
+    smoothed = magic.MAGIC(random_state=seed, n_jobs=n_jobs, verbose=0, **magic_kwargs)
+    imputed = np.asarray(smoothed.fit_transform(np.sqrt(x * factor)))
+    denoised = np.clip(imputed, 0, None) ** 2 * library / median
+    latent = pca_latent(imputed, seed=seed)
+    return _result(denoised, latent, start, label="MAGIC", latent_kind="PCA of MAGIC output")
+
+
+def _dca_like_zipo(train_adata: AnnData, seed: int, reason: str, **kw) -> dict[str, Any]:
+    """The paper's DCA-like settings of ZIPO (II-G): ZINB, 128-64-128, log-normalised input."""
+    settings = {
+        "likelihood": "zinb",
+        "encoder_sizes": (128, 64),
+        "decoder_sizes": (128,),
+        "residuals": "none",
+        "input_transform": "log1p_norm",
+        "preset": "paper",
+    }
+    res = run_zipo(train_adata, seed, **{**settings, **kw})
+    res["info"].update(label="DCA-like ZIPO (paper II-G), not DCA", reason=reason)
+    return res
+
+
+def dca_unavailable() -> str | None:
+    """Why DCA cannot run here (``None`` if its venv imports ``dca.api``)."""
+    python = DCA_VENV / "bin" / "python"
+    if not DCA_SCRIPT.exists():
+        return f"{DCA_SCRIPT.relative_to(REPO)} is missing"
+    if not python.exists():
+        return f"no DCA venv at {DCA_VENV} (benchmarks/peers/setup_dca_env.sh builds it)"
+    check = subprocess.run(
+        [str(python), "-c", "import dca.api"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    if check.returncode != 0:
+        lines = check.stderr.strip().splitlines() or ["import failed"]
+        return f"DCA venv at {DCA_VENV} cannot import dca.api: {lines[-1]}"
+    return None
+
+
+def run_dca(
+    train_adata: AnnData, seed: int, epochs: int = 300, threads: int = 1, **kw
+) -> dict[str, Any]:
+    """DCA 0.3.4 (ZINB autoencoder) in its own venv via ``benchmarks/peers/run_dca.py``.
+
+    Without that venv the paper's DCA-like ZIPO settings run instead, labelled as such.
+    """
+    reason = dca_unavailable()
+    if reason:
+        return _dca_like_zipo(train_adata, seed, reason, **kw)
+    python = DCA_VENV / "bin" / "python"
+    with tempfile.TemporaryDirectory() as tmp:
+        path_in, path_out = Path(tmp) / "in.h5ad", Path(tmp) / "out.npz"
+        adata = _counts_only(train_adata)
+        adata.X = adata.X.astype(np.float32)
+        adata.write_h5ad(path_in)
+        start = time.perf_counter()
+        cmd = [str(python), str(DCA_SCRIPT), str(path_in), str(path_out)]
+        cmd += ["--epochs", str(epochs), "--seed", str(seed), "--threads", str(threads)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"DCA failed: {proc.stderr.strip()[-800:]}")
+        out = np.load(path_out)
+        res = _result(out["denoised"], out["latent"], start, label="DCA 0.3.4 (ZINB)")
+        res["seconds"] = float(time.perf_counter() - start)  # includes TF start-up
+        res["info"]["fit_seconds"] = float(out["seconds"])
+        return res
+
+
+def run_none(train_adata: AnnData, seed: int) -> dict[str, Any]:
+    """No denoising: ``D = X``; latent is the PCA of log-normalised counts."""
+    start = time.perf_counter()
+    x = _dense(train_adata.X)
+    latent = pca_latent(_log_norm(x), seed=seed)
+    return _result(x, latent, start, label="none (D = X)", latent_kind="PCA of log-normalised X")
+
+
+RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "zipo": run_zipo,
+    "scvi_zinb": run_scvi_zinb,
+    "scvi_poisson": run_scvi_poisson,
+    "ldvae": run_ldvae,
+    "magic": run_magic,
+    "dca": run_dca,
+    "none": run_none,
+}
+
+
+def _jsonable(value):
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def run_method(
+    method: str,
+    train_adata: AnnData,
+    seed: int = 0,
+    isolate: bool = True,
+    threads: int = 1,
+    timeout: float | None = 3600,
+    nice: int = 10,
+    **kw,
+) -> dict[str, Any]:
+    """Run one method, by default in its own subprocess (per-method peak RSS, crash isolation).
+
+    Parameters
+    ----------
+    method
+        A key of :data:`RUNNERS`.
+    train_adata
+        Training counts in ``.X`` (only ``.X`` and, if ``batch_key`` is given, that column are
+        passed on).
+    seed
+        Seed of the method.
+    isolate
+        Run in a subprocess (``python -m benchmarks._harness``); else in this process.
+    threads
+        Torch / BLAS threads of the subprocess (``None``: leave as is).
+    timeout
+        Seconds before the subprocess is killed.
+    nice
+        Niceness of the subprocess.
+    **kw
+        Passed to the runner (JSON-serialisable when isolated).
+
+    Returns
+    -------
+    The runner's dictionary; on failure ``{"error": reason, ...}`` without ``denoised``.
+    """
+    if method not in RUNNERS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {sorted(RUNNERS)}.")
+    if not isolate:
+        return RUNNERS[method](train_adata, seed, **kw)
+    batch_key = kw.get("batch_key")
+    with tempfile.TemporaryDirectory() as tmp:
+        path_in, path_out = Path(tmp) / "train.h5ad", Path(tmp) / "out.npz"
+        _counts_only(train_adata, batch_key).write_h5ad(path_in)
+        cmd = ["nice", "-n", str(nice), sys.executable, "-m", "benchmarks._harness", method]
+        cmd += [str(path_in), str(path_out), "--seed", str(seed)]
+        cmd += ["--kwargs", json.dumps({k: _jsonable(v) for k, v in kw.items()})]
+        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        if threads is not None:
+            cmd += ["--threads", str(threads)]
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                env[var] = str(threads)
+        try:
+            proc = subprocess.run(
+                cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout:.0f} s", "info": {}}
+        if proc.returncode != 0 or not path_out.exists():
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            reason = lines[-1] if lines else f"exit code {proc.returncode}"
+            return {"error": reason[-300:], "info": {}, "stderr": proc.stderr[-3000:]}
+        out = np.load(path_out, allow_pickle=False)
+        latent = out["latent"] if out["latent"].size else None
+        return {
+            "denoised": out["denoised"],
+            "latent": latent,
+            "seconds": float(out["seconds"]),
+            "peak_rss_mb": float(out["peak_rss_mb"]),
+            "info": json.loads(str(out["info"])),
+        }
+
+
+# ----------------------------------------------------------------------------- environment
+def machine_info() -> dict[str, str]:
+    """CPU model, cores, load, and the versions that matter for the timings.
+
+    Examples
+    --------
+    >>> "cpu" in machine_info()
+    True
+    """
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "load_avg_1min": f"{os.getloadavg()[0]:.2f}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": str(torch.get_num_threads()),
+    }
+    try:
+        import scvi
+
+        info["scvi-tools"] = scvi.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def update_readme_section(readme: str | Path, name: str, body: str) -> bool:
+    """Replace the text between ``<!-- BEGIN:name -->`` and ``<!-- END:name -->`` in a file.
+
+    If the markers are missing, the section is appended at the end of the file.
+
+    Parameters
+    ----------
+    readme
+        Path of the markdown file.
+    name
+        Section name used in the markers.
+    body
+        New markdown between the markers.
+
+    Returns
+    -------
+    True if the file changed.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "R.md"
+    >>> _ = path.write_text("a\\n<!-- BEGIN:x -->\\nold\\n<!-- END:x -->\\nb\\n")
+    >>> update_readme_section(path, "x", "new")
+    True
+    >>> "new" in path.read_text() and "old" not in path.read_text()
+    True
+    """
+    path = Path(readme)
+    text = path.read_text()
+    begin, end = f"<!-- BEGIN:{name} -->", f"<!-- END:{name} -->"
+    block = f"{begin}\n{body.strip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), flags=re.DOTALL)
+    if pattern.search(text):
+        new = pattern.sub(lambda _m: block, text, count=1)
+    else:
+        new = text.rstrip("\n") + "\n\n" + block + "\n"
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
+# ----------------------------------------------------------------------------- subprocess entry
+def _main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run one benchmark method on an .h5ad.")
+    parser.add_argument("method", choices=sorted(RUNNERS))
+    parser.add_argument("input")
+    parser.add_argument("output")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--kwargs", default="{}")
+    args = parser.parse_args(argv)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import anndata
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("scvi").setLevel(logging.ERROR)
+    adata = anndata.read_h5ad(args.input)
+    kw = json.loads(args.kwargs)
+    for key in ("encoder_sizes", "decoder_sizes", "library_sizes"):
+        if key in kw:
+            kw[key] = tuple(kw[key])
+    res = RUNNERS[args.method](adata, args.seed, **kw)
+    latent = res["latent"] if res["latent"] is not None else np.zeros(0, dtype=np.float32)
+    np.savez(
+        args.output,
+        denoised=res["denoised"],
+        latent=latent,
+        seconds=np.float64(res["seconds"]),
+        peak_rss_mb=np.float64(_peak_rss_mb()),
+        info=np.array(json.dumps(res["info"])),
+    )
+
+
+if __name__ == "__main__":
+    _main()

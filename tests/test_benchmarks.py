@@ -1,0 +1,132 @@
+"""Fast tests of the benchmark harness: MCV split, scores, latent ARI, runners, README updater."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from benchmarks._harness import (
+    RUNNERS,
+    latent_ari,
+    mcv_split,
+    run_method,
+    score_mcv,
+    score_truth,
+    update_readme_section,
+)
+from zipo_scvi.data import simulate_counts
+
+
+def test_mcv_split_is_a_partition_of_the_molecules():
+    adata = simulate_counts(n_cells=80, n_genes=40, seed=3)
+    adata.X = adata.X + sp.csr_matrix(np.full(adata.shape, 0.2, dtype=np.float32))  # not integer
+    counts = np.round(adata.X.toarray())
+    train, test = mcv_split(adata, fraction=0.9, seed=1)
+    kept = adata.var_names.get_indexer(train.var_names)
+    x = train.X.toarray()
+    assert sp.issparse(train.X)
+    assert np.array_equal(x + test, counts[:, kept])
+    assert (x >= 0).all() and (test >= 0).all()
+    assert (x.sum(0) > 0).all()
+    dropped = np.setdiff1d(np.arange(adata.n_vars), kept)
+    assert train.uns["mcv"]["n_genes_dropped"] == dropped.size
+    assert 0.85 < x.sum() / counts.sum() < 0.95
+    assert train.layers["true_rate"].shape == train.shape
+    again, _ = mcv_split(adata, fraction=0.9, seed=1)
+    assert np.array_equal(again.X.toarray(), x)
+
+
+def test_mcv_split_drops_genes_without_training_counts():
+    counts = np.array([[3.0, 0.0, 1.0], [2.0, 0.0, 0.0]])
+    from anndata import AnnData
+
+    train, test = mcv_split(AnnData(counts), fraction=0.5, seed=0)
+    assert "1" not in train.var_names
+    assert test.shape == train.shape
+
+
+def test_mcv_split_rejects_bad_input():
+    from anndata import AnnData
+
+    with pytest.raises(ValueError, match="fraction"):
+        mcv_split(AnnData(np.ones((2, 2))), fraction=1.0)
+    with pytest.raises(ValueError, match="non-negative"):
+        mcv_split(AnnData(-np.ones((2, 2))))
+
+
+def test_score_mcv_on_a_hand_checked_example():
+    denoised = np.array([[1.0, 1.0]])
+    test = np.array([[1.0, 0.0]])
+    train = np.array([[2.0, 2.0]])
+    scores = score_mcv(denoised, test, train)
+    # D' = D * 1/4 = 0.25 each; poisson = mean(0.25 - log(0.25 + 1e-6), 0.25)
+    assert scores["poisson"] == pytest.approx((0.25 - math.log(0.25 + 1e-6) + 0.25) / 2)
+    # D -> 5000 each, Y -> (10000, 0) after normalising to 1e4; then log1p
+    expected = ((math.log1p(5000) - math.log1p(10000)) ** 2 + math.log1p(5000) ** 2) / 2
+    assert scores["mse"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="shape"):
+        score_mcv(np.ones((1, 3)), test, train)
+
+
+def test_score_truth_ignores_per_cell_scale_and_sees_errors():
+    truth = np.array([[1.0, 3.0, 0.0], [2.0, 2.0, 4.0]])
+    exact = score_truth(truth * np.array([[3.0], [0.5]]), truth)
+    assert exact["mse_truth"] == pytest.approx(0.0, abs=1e-12)
+    assert exact["corr_truth"] == pytest.approx(1.0)
+    worse = score_truth(truth[:, ::-1], truth)
+    assert worse["mse_truth"] > 0.1 and worse["corr_truth"] < 0.9
+
+
+def test_latent_ari_separates_good_and_random_latents():
+    rng = np.random.default_rng(0)
+    groups = np.repeat([0, 1, 2], 30)
+    good = np.eye(3)[groups] * 5 + rng.normal(size=(90, 3)) * 0.1
+    assert latent_ari(good, groups)["ari"] == pytest.approx(1.0)
+    assert latent_ari(rng.normal(size=(90, 3)), groups)["ari"] < 0.2
+    assert math.isnan(latent_ari(np.full((90, 2), np.nan), groups)["ari"])
+
+
+def test_update_readme_section(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text("intro\n<!-- BEGIN:bench -->\nold table\n<!-- END:bench -->\noutro\n")
+    assert update_readme_section(path, "bench", "new table")
+    text = path.read_text()
+    assert "new table" in text and "old table" not in text
+    assert text.startswith("intro\n") and text.endswith("outro\n")
+    assert not update_readme_section(path, "bench", "new table")  # unchanged
+    assert update_readme_section(path, "speed", "timings")  # appended with markers
+    assert path.read_text().rstrip().endswith("<!-- END:speed -->")
+
+
+def test_runners_return_denoised_on_the_count_scale():
+    adata = simulate_counts(n_cells=120, n_genes=50, seed=1)
+    train, test = mcv_split(adata, seed=0)
+    res = run_method("none", train, isolate=False)
+    assert np.array_equal(res["denoised"], train.X.toarray())
+    zipo = run_method(
+        "zipo",
+        train,
+        seed=0,
+        isolate=False,
+        encoder_sizes=(16, 4),
+        train={"max_epochs": 2, "batch_size": 64},
+    )
+    assert zipo["denoised"].shape == train.shape and zipo["latent"].shape == (120, 4)
+    assert np.isfinite(score_mcv(zipo["denoised"], test, train)["poisson"])
+    totals = zipo["denoised"].sum(1)
+    assert 0.1 < np.median(totals) / np.median(np.asarray(train.X.sum(1))) < 10
+    assert {"zipo", "scvi_zinb", "scvi_poisson", "ldvae", "magic", "dca", "none"} <= set(RUNNERS)
+    with pytest.raises(ValueError, match="Unknown method"):
+        run_method("nope", train)
+
+
+def test_run_method_isolated_reports_time_memory_and_errors():
+    adata = simulate_counts(n_cells=60, n_genes=30, seed=2)
+    train, _ = mcv_split(adata, seed=0)
+    res = run_method("none", train, seed=0)
+    assert res["denoised"].shape == train.shape
+    assert res["peak_rss_mb"] > 10 and res["seconds"] >= 0
+    assert res["info"]["label"].startswith("none")
+    failed = run_method("zipo", train, seed=0, output="nonsense")
+    assert "error" in failed and "output" in failed["error"]
