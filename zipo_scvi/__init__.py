@@ -4,7 +4,17 @@ from . import data
 from ._defaults import preset
 from ._model import ZIPO
 from ._module import ZiPoModule
+from ._tune import best_settings, compare_seeds, tune
 
 __version__ = "0.1.0"
 
-__all__ = ["ZIPO", "ZiPoModule", "__version__", "data", "preset"]
+__all__ = [
+    "ZIPO",
+    "ZiPoModule",
+    "__version__",
+    "best_settings",
+    "compare_seeds",
+    "data",
+    "preset",
+    "tune",
+]

@@ -229,6 +229,16 @@ class ZIPO(UnsupervisedTrainingMixin, BaseModelClass):
         except (FileNotFoundError, OSError, RuntimeError, KeyError) as err:
             raise ValueError(f"{str(dir_path)!r} does not hold a saved ZIPO model: {err}") from err
 
+    @classmethod
+    def from_study(cls, adata: AnnData, study, **model_kwargs) -> ZIPO:
+        """Untrained model with the best settings of a :func:`zipo_scvi.tune` study.
+
+        Train it with ``model.train(**zipo_scvi.best_settings(study)["train_kwargs"])``.
+        """
+        from ._tune import model_from_study
+
+        return model_from_study(adata, study, **model_kwargs)
+
     # ------------------------------------------------------------------ training
     def train(
         self,

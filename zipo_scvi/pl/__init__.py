@@ -1,0 +1,5 @@
+"""Plots for zipo_scvi results."""
+
+from ._tune import seed_comparison
+
+__all__ = ["seed_comparison"]
