@@ -1,8 +1,10 @@
 """Hyperparameter search (optuna, SQLite, two processes, pruning, MCV) and seed comparisons."""
 
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -190,3 +192,16 @@ def test_bad_inputs(small):
     del small.layers["true_rate"]
     with pytest.raises(ValueError, match="true_rate"):
         compare_seeds(small, {"a": {}}, metrics=("true_mse",))
+
+
+def test_readme_tune_example_runs(small, tmp_path, monkeypatch):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("<!-- BEGIN:tune -->", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = block.replace("n_trials=40", "n_trials=2").replace("max_epochs=200", "max_epochs=2")
+    assert code != block and 'storage="zipo_search.db"' in code
+    monkeypatch.chdir(tmp_path)
+    namespace = {"adata": small}
+    exec(compile(code, "README tune", "exec"), namespace)
+    assert len(namespace["study"].trials) == 2 and (tmp_path / "zipo_search.db").exists()
+    assert namespace["model"].is_trained
