@@ -24,6 +24,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from ._checks import check_counts
 from ._defaults import preset as get_preset
 from ._module import ZiPoModule
+from ._sparsity import SparsityMixin
 from ._training import ZiPoTrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def _count_summary(manager: AnnDataManager, chunk: int = 10_000) -> tuple[float,
     return float(np.concatenate(log_libraries).mean()), torch.from_numpy(np.log(shares))
 
 
-class ZIPO(UnsupervisedTrainingMixin, BaseModelClass):
+class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """ZiPo: a deep zero-inflated Poisson autoencoder for denoising scRNA-seq counts.
 
     Sharifitabar et al., "A deep neural network to de-noise single-cell RNA sequencing data",

@@ -1,0 +1,285 @@
+"""Pruning, sparsity curves, gene modules, zero inflation, sparse inference and their plots."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scvi
+import torch
+from matplotlib.figure import Figure
+
+from tests.conftest import FAST, TINY
+from zipo_scvi import ZIPO, pl
+from zipo_scvi._defaults import PRUNE_DELTA
+from zipo_scvi._sparsity import (
+    SparseMaskedLinear,
+    gene_modules,
+    normalized_weights,
+    prune_mask,
+    sparsity_curve,
+    use_sparse_inference,
+)
+from zipo_scvi.data import simulate_counts
+
+
+def _data():
+    return simulate_counts(n_cells=160, n_genes=60, n_groups=3, n_batches=2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A tiny trained ZIPO, saved once; tests load their own copy."""
+    scvi.settings.seed = 0
+    adata = _data()
+    ZIPO.setup_anndata(adata, batch_key="batch")
+    model = ZIPO(adata, alpha_w=1.0, **TINY)
+    model.train(**FAST)
+    path = tmp_path_factory.mktemp("sparsity") / "model"
+    model.save(str(path), save_anndata=True)
+    return path, model.validation_indices
+
+
+@pytest.fixture
+def model(saved):
+    path, validation = saved
+    model = ZIPO.load(str(path))
+    model.validation_indices = validation
+    return model
+
+
+def _weight(model):
+    return model.module.encoder.first.effective_weight().detach().clone()
+
+
+# ---------------------------------------------------------------------- pure functions
+def test_normalized_weights_per_neuron():
+    w = np.array([[2.0, -4.0, 1.0], [0.0, 0.0, 0.0], [0.5, 0.25, -0.1]])
+    norm = normalized_weights(torch.tensor(w))
+    np.testing.assert_allclose(np.abs(norm).max(axis=1), [1.0, 0.0, 1.0])
+    np.testing.assert_allclose(norm[0], [0.5, -1.0, 0.25])
+    np.testing.assert_allclose(norm[2] * 0.5, w[2])
+
+
+def test_prune_mask_and_sparsity_curve_agree():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(20, 50)) * 10.0 ** rng.uniform(-8, 0, size=(20, 50))
+    deltas = [1e-6, 1e-4, 1e-2, 0.5]
+    curve = sparsity_curve(w, deltas)
+    brute = [(np.abs(w) / np.abs(w).max(1, keepdims=True) < d).mean() for d in deltas]
+    np.testing.assert_allclose(curve.values, brute)
+    assert list(curve.index) == deltas
+    for delta in deltas:
+        assert prune_mask(w, delta).mean() == pytest.approx(1 - curve[delta])
+    assert prune_mask(w, 0.0).all()
+    assert not prune_mask(np.zeros((2, 3)), 0.0).any()
+
+
+@pytest.mark.parametrize("delta", [-0.1, 1.5, float("nan")])
+def test_bad_delta(delta):
+    with pytest.raises(ValueError, match="delta must be a number in"):
+        prune_mask(np.ones((2, 2)), delta)
+
+
+def test_gene_modules_table():
+    w = np.array([[0.5, -1.0, 1e-6, 0.2], [0.0, 0.0, 3.0, -3.0]])
+    genes = ["a", "b", "c", "d"]
+    table = gene_modules(w, genes)
+    assert list(table.columns) == ["neuron", "gene", "weight"]
+    assert table.values.tolist() == [
+        [0, "b", -1.0],
+        [0, "a", 0.5],
+        [0, "d", 0.2],
+        [1, "c", 1.0],
+        [1, "d", -1.0],
+    ]
+    top = gene_modules(w, genes, n_top=1, min_weight=0.0)
+    assert top.groupby("neuron").size().tolist() == [1, 1]
+    assert gene_modules(w, genes, min_weight=0.3)["gene"].tolist() == ["b", "a", "c", "d"]
+    with pytest.raises(ValueError, match="Got 3 gene names for a layer with 4 inputs"):
+        gene_modules(w, genes[:3])
+    with pytest.raises(ValueError, match="n_top must be a positive integer"):
+        gene_modules(w, genes, n_top=0)
+
+
+# ---------------------------------------------------------------------- pruning
+def test_prune_report_mask_and_default_cells(model):
+    before = _weight(model)
+    expected = sparsity_curve(before, [0.05])[0.05]
+    error = model.get_reconstruction_error(indices=np.sort(model.validation_indices))
+    report = model.prune(delta=0.05)
+    layer = model.module.encoder.first
+    assert isinstance(layer, SparseMaskedLinear)
+    assert report["fraction_pruned"] == pytest.approx(expected)
+    assert 0 < report["fraction_pruned"] < 1
+    assert report["n_pruned"] == int((layer.mask == 0).sum())
+    assert report["nll_before"] == pytest.approx(error["nll"])
+    assert report["mse_before"] == pytest.approx(error["mse"])
+    after = model.get_reconstruction_error(indices=np.sort(model.validation_indices))
+    assert report["nll_after"] == pytest.approx(after["nll"])
+    change = (report["nll_after"] - report["nll_before"]) / report["nll_before"]
+    assert report["nll_change"] == pytest.approx(change)
+    # pruned weights are zero, kept weights untouched
+    kept = layer.mask.bool()
+    assert (layer.weight[~kept] == 0).all()
+    assert torch.equal(layer.weight[kept], before[kept])
+    np.testing.assert_array_equal(kept.numpy(), prune_mask(before, 0.05))
+
+
+def test_prune_on_given_data_and_delta_zero(model):
+    adata = _data()
+    report = model.prune(delta=0.0, adata=adata)
+    assert report["fraction_pruned"] == 0.0
+    assert report["nll_after"] == pytest.approx(report["nll_before"], rel=1e-6)
+    assert report["nll_before"] == pytest.approx(model.get_reconstruction_error(adata)["nll"])
+
+
+def test_second_prune_keeps_earlier_mask(model):
+    first = model.prune(delta=0.05)
+    second = model.prune(delta=0.01)
+    assert second["fraction_pruned"] >= first["fraction_pruned"]
+    third = model.prune(delta=0.2)
+    assert third["fraction_pruned"] > first["fraction_pruned"]
+
+
+def test_pruned_weights_stay_zero_when_training(model):
+    model.prune(delta=0.05)
+    layer = model.module.encoder.first
+    kept = layer.mask.bool().clone()
+    before = layer.weight.detach().clone()
+    model.train(max_epochs=1, enable_progress_bar=False, batch_size=64)
+    layer = model.module.encoder.first
+    assert (layer.effective_weight()[~kept] == 0).all()
+    assert (layer.weight[~kept] == 0).all()
+    assert not torch.equal(layer.weight[kept], before[kept])  # the rest still trains
+
+
+def test_save_load_keeps_mask(model, tmp_path):
+    model.prune(delta=0.05)
+    latent = model.get_latent_representation()
+    model.save(str(tmp_path / "pruned"), save_anndata=True)
+    loaded = ZIPO.load(str(tmp_path / "pruned"))
+    layer = loaded.module.encoder.first
+    assert isinstance(layer, SparseMaskedLinear)
+    assert torch.equal(layer.mask, model.module.encoder.first.mask)
+    assert torch.equal(layer.weight, model.module.encoder.first.weight)
+    np.testing.assert_allclose(loaded.get_latent_representation(), latent, rtol=1e-5, atol=1e-5)
+
+
+def test_prune_needs_a_trained_model():
+    adata = _data()
+    ZIPO.setup_anndata(adata)
+    with pytest.raises(RuntimeError, match="Train the model"):
+        ZIPO(adata, **TINY).prune()
+
+
+# ---------------------------------------------------------------------- sparse inference
+def test_sparse_inference_matches_dense(model):
+    model.prune(delta=0.05)
+    layer = use_sparse_inference(model.module, max_density=0.0)
+    dense = model.get_normalized_expression(return_numpy=True)
+    dense_latent = model.get_latent_representation()
+    assert layer.sparse_weight() is None
+    use_sparse_inference(model.module, max_density=1.0)
+    csr = layer.sparse_weight()
+    assert csr is not None and csr.layout == torch.sparse_csr
+    assert csr.values().numel() == int(layer.mask.sum())
+    np.testing.assert_allclose(model.get_latent_representation(), dense_latent, atol=1e-5)
+    np.testing.assert_allclose(
+        model.get_normalized_expression(return_numpy=True), dense, rtol=1e-4, atol=1e-7
+    )
+
+
+def test_sparse_layer_uses_dense_path_for_gradients(model):
+    model.prune(delta=0.05)
+    layer = use_sparse_inference(model.module, max_density=1.0)
+    x = torch.rand(5, layer.in_features)
+    layer.eval()
+    with torch.no_grad():
+        sparse_out = layer(x)
+    out = layer(x)  # gradients on: the dense path, so backward works
+    out.sum().backward()
+    assert layer.weight.grad is not None
+    assert (layer.weight.grad[layer.mask == 0] == 0).all()
+    torch.testing.assert_close(sparse_out, out.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_inference_is_automatic_only_when_sparse(model):
+    model.prune(delta=0.05)
+    layer = model.module.encoder.first
+    assert layer.density() > layer.max_density  # a tiny model stays dense here
+    assert layer.sparse_weight() is None
+    model.prune(delta=1.0)  # keeps one weight per neuron
+    assert layer.density() == pytest.approx(1 / layer.in_features)
+    assert layer.sparse_weight() is not None
+
+
+# ---------------------------------------------------------------------- curves and tables
+def test_first_layer_sparsity_and_pruning_curve_leave_model_unchanged(model):
+    before = _weight(model)
+    curve = model.first_layer_sparsity(deltas=[1e-3, 1e-2, 1e-1])
+    assert curve.is_monotonic_increasing and curve.iloc[-1] > 0
+    table = model.pruning_curve(deltas=[1e-3, 0.05, 0.3])
+    assert torch.equal(_weight(model), before)
+    assert model.module.encoder.first.mask is None
+    assert list(table.index) == [0.0, 1e-3, 0.05, 0.3]
+    assert table["fraction_pruned"].is_monotonic_increasing
+    assert table.loc[0.0, ["nll_change", "mse_change"]].tolist() == [0.0, 0.0]
+    assert table.loc[0.05, "fraction_pruned"] == pytest.approx(
+        sparsity_curve(before, [0.05])[0.05]
+    )
+    assert table.loc[0.05, "nll"] == pytest.approx(model.prune(delta=0.05)["nll_after"], rel=1e-5)
+
+
+def test_gene_modules_of_a_pruned_model(model):
+    model.prune(delta=0.05)
+    modules = model.get_gene_modules()
+    mask = model.module.encoder.first.mask
+    assert len(modules) == int(mask.sum())
+    assert set(modules["gene"]) <= set(model.adata.var_names)
+    assert modules["weight"].abs().max() == pytest.approx(1.0)
+    top = model.get_gene_modules(n_top=2)
+    assert top.groupby("neuron").size().max() == 2
+    assert top["neuron"].nunique() == int((mask.sum(1) > 0).sum())
+
+
+def test_get_zero_inflation(model):
+    z = model.get_zero_inflation()
+    assert isinstance(z, pd.Series) and z.name == "zero_prob"
+    assert list(z.index) == list(model.adata.var_names)
+    assert ((z > 0) & (z < 1)).all()
+    expected = model.get_likelihood_parameters()["zero_prob"].mean(axis=0)
+    np.testing.assert_allclose(z.values, expected, rtol=1e-5)
+    first = model.get_zero_inflation(indices=[0, 1, 2])
+    np.testing.assert_allclose(
+        first.values, model.get_likelihood_parameters(indices=[0, 1, 2])["zero_prob"].mean(0)
+    )
+
+
+def test_get_zero_inflation_needs_zero_inflated_likelihood():
+    adata = _data()
+    ZIPO.setup_anndata(adata)
+    with pytest.raises(ValueError, match="'poisson' likelihood has no zero inflation"):
+        ZIPO(adata, likelihood="poisson", **TINY).get_zero_inflation()
+
+
+# ---------------------------------------------------------------------- plots
+def test_plots(model):
+    before = _weight(model).numpy()
+    curve = model.pruning_curve(deltas=[1e-3, 0.05])
+    sparsity = model.first_layer_sparsity()
+    model.prune(delta=0.05)
+    fig = pl.weight_histogram(before, model, delta=0.05)
+    assert isinstance(fig, Figure)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any("after pruning" in label for label in labels)
+    assert isinstance(pl.sparsity_curve({"a": sparsity, "b": sparsity}), Figure)
+    fig = pl.pruning_curve(curve)
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) >= 1
+    with pytest.raises(ValueError, match="2-d weight matrix"):
+        pl.weight_histogram(np.ones(3))
+    with pytest.raises(TypeError, match="expected a Series"):
+        pl.sparsity_curve([1, 2])
+
+
+def test_default_delta_is_the_papers():
+    assert PRUNE_DELTA == 1e-4
+    assert ZIPO.prune.__defaults__[0] == PRUNE_DELTA
