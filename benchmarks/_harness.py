@@ -249,7 +249,7 @@ def _result(denoised, latent, start: float, **info) -> dict[str, Any]:
 
 def _epochs(model) -> int:
     history = getattr(model, "history", None) or {}
-    for key in ("train_loss_epoch", "elbo_train"):
+    for key in ("train_loss", "train_loss_epoch", "elbo_train"):
         if key in history:
             return len(history[key])
     return -1
@@ -259,15 +259,17 @@ def run_zipo(
     train_adata: AnnData,
     seed: int,
     preset: str = "default",
-    output: str = "latent",
+    output: str = "observed",
     train: dict | None = None,
     batch_key: str | None = None,
     **model_kwargs,
 ) -> dict[str, Any]:
     """ZIPO with any preset and module arguments; ``train`` holds ``model.train`` arguments.
 
-    ``output`` picks the denoised value: ``"latent"`` (``l * mu``, predicted library),
-    ``"observed"`` (``mu`` times the observed library) or ``"mean"`` (``(1 - z) l mu``).
+    ``output`` picks the denoised value: ``"observed"`` (``mu`` times the cell's observed
+    library, the convention of scVI's default ``use_observed_lib_size=True``, so the peers are
+    compared like with like), ``"latent"`` (``l * mu``, ZIPO's predicted library) or ``"mean"``
+    (``(1 - z) l mu``).
 
     Examples
     --------

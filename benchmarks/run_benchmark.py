@@ -134,8 +134,9 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     metrics = [m for m in METRICS if m in ok]
     grouped = ok.groupby(["dataset", "method"], sort=False)[metrics]
     mean, sem = grouped.mean(), grouped.sem() * ERROR_BAR_LAMBDA
-    count = grouped.size().rename("n")
-    return pd.concat({"mean": mean, "err": sem}, axis=1).join(count)
+    out = pd.concat({"mean": mean, "err": sem}, axis=1)
+    out[("n", "")] = grouped.size()
+    return out
 
 
 def ranks(summary: pd.DataFrame, dataset: str, method: str = "ZIPO") -> dict[str, str]:
