@@ -1,114 +1,522 @@
-"""The ``zipo`` command line: denoise a count matrix (or the embedded simulated data)."""
+"""The ``zipo`` command line: denoise counts (or the embedded simulation), tune, prune, inspect.
+
+Exit codes: 0 success, 1 failure while running, 2 bad usage or input (one-line message, no
+traceback; set ``ZIPO_DEBUG=1`` to see the traceback of a failure).
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import logging
 import os
+import shlex
+import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
+from typing import Any
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+#: Parameters of the embedded default dataset (the package's simulator).
+EMBEDDED = {"n_cells": 2000, "n_genes": 1000, "n_groups": 5, "seed": 0}
 
 
 class UserError(Exception):
     """A problem with the user's input or arguments (exit code 2, no traceback)."""
 
 
-def _read_input(path: str | None):
-    import anndata
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(f"zipo: {message}", file=sys.stderr, flush=True)
 
-    from .data import simulate_counts
 
-    if path is None:
-        return simulate_counts(n_cells=2000, n_genes=1000, n_groups=5, seed=0)
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"input file {path!r} does not exist")
-    if p.suffix != ".h5ad":
-        raise UserError(f"cannot read {path!r}: expected an .h5ad file")
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().strip("'\"").splitlines()
+    return text[0] if text else err.__class__.__name__
+
+
+def _quiet_libraries(quiet: bool) -> None:
+    """Keep Lightning's and scvi's informational chatter off a command-line user's screen."""
+    warnings.filterwarnings("ignore")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("scvi").setLevel(logging.ERROR if quiet else logging.WARNING)
+
+
+def settings_path(output: str | os.PathLike) -> Path:
+    """Where ``zipo denoise`` writes the settings it used: ``OUTPUT.settings.toml``.
+
+    Examples
+    --------
+    >>> settings_path("results/zipo_denoised.h5ad").name
+    'zipo_denoised.settings.toml'
+    """
+    out = Path(output)
+    return out.with_name(out.with_suffix("").name + ".settings.toml")
+
+
+# ---------------------------------------------------------------------- shared steps
+def _flag_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The settings given as flags (``None`` where a flag was not given)."""
+    return {
+        "run": {"threads": args.threads, "transpose": args.transpose},
+        "setup": {
+            "layer": args.layer,
+            "batch_key": args.batch_key,
+            "categorical_covariate_keys": args.categorical_covariates,
+            "continuous_covariate_keys": args.continuous_covariates,
+        },
+        "model": {"preset": args.preset, "likelihood": args.likelihood},
+        "train": {"max_epochs": args.epochs, "seed": args.seed},
+    }
+
+
+def _check_input(args: argparse.Namespace) -> None:
+    from .data import InputError, detect_format
+
+    if args.input is not None:
+        try:
+            detect_format(args.input)
+        except InputError as err:
+            raise UserError(str(err)) from err
+
+
+def _check_outputs(args: argparse.Namespace, paths: dict[str, Path], source: Path | None):
+    """Refuse outputs that exist (without --force) or that would replace the input."""
+    for flag, path in paths.items():
+        if source is not None and source.exists():
+            inside = path.is_dir() and source.resolve().is_relative_to(path.resolve())
+            if path.resolve() == source.resolve() or inside:
+                raise UserError(f"{flag} {str(path)!r} would overwrite the input")
+        if path.exists() and not args.force:
+            if path.is_dir() and not any(path.iterdir()):
+                continue
+            raise UserError(f"{str(path)!r} exists; pass --force to overwrite it")
+
+
+def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(file settings, flag settings), type-checked; bad files or values are user errors."""
+    from ._config import ConfigError, load_config, merge
+
     try:
-        return anndata.read_h5ad(p)
-    except Exception as err:  # h5py/anndata raise many kinds
-        raise UserError(
-            f"{path!r} is not a readable .h5ad file ({err.__class__.__name__})"
-        ) from err
+        file_settings = load_config(args.config) if args.config else {}
+        flags = _flag_settings(args)
+        merge(flags)  # type-checks the flags
+    except ConfigError as err:
+        raise UserError(str(err)) from err
+    return file_settings, flags
+
+
+def _set_threads(run: dict[str, Any]) -> None:
+    import torch
+
+    if run.get("threads") is not None:
+        if run["threads"] < 1:
+            raise UserError(f"threads must be at least 1, not {run['threads']}")
+        torch.set_num_threads(run["threads"])
+
+
+def _read(args: argparse.Namespace, transpose: bool):
+    from .data import InputError, read_counts, simulate_counts
+
+    if args.input is None:
+        if transpose:
+            raise UserError("--transpose needs an INPUT table")
+        where = ", ".join(f"{k}={v}" for k, v in EMBEDDED.items())
+        return simulate_counts(**EMBEDDED), f"embedded simulation ({where})"
+    try:
+        return read_counts(args.input, transpose=transpose), str(Path(args.input).resolve())
+    except InputError as err:
+        raise UserError(str(err)) from err
+
+
+def _setup(adata, setup_kwargs: dict[str, Any]) -> None:
+    from ._model import ZIPO
+
+    try:
+        ZIPO.setup_anndata(adata, **setup_kwargs)
+    except (ValueError, KeyError) as err:
+        raise UserError(_first_line(err)) from err
+
+
+def _save_model(model, path: Path) -> None:
+    """Save the model and its data through a temporary folder (no half-written folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        model.save(str(tmp), overwrite=True, save_anndata=True)
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _command(args: argparse.Namespace) -> str:
+    return "zipo " + " ".join(shlex.quote(a) for a in args.argv)
+
+
+# ---------------------------------------------------------------------- denoise
+def _history(model) -> dict[str, list[float]]:
+    return {key: [float(v) for v in frame.iloc[:, 0]] for key, frame in model.history.items()}
 
 
 def _denoise(args: argparse.Namespace) -> int:
-    import scvi
-
-    from ._model import ZIPO
-
+    _check_input(args)
     out = Path(args.output)
-    if out.exists() and not args.force:
-        raise UserError(f"output {str(out)!r} exists; pass --force to overwrite it")
-    if args.input is not None and out.resolve() == Path(args.input).resolve():
-        raise UserError("output must not be the input file")
-    adata = _read_input(args.input)
-    scvi.settings.seed = args.seed
+    if out.suffix != ".h5ad":
+        raise UserError(f"output {str(out)!r} must end in .h5ad")
+    paths = {"--output": out, "--output (settings)": settings_path(out)}
+    for flag in ("save_model", "tsv_dir", "report"):
+        if getattr(args, flag):
+            paths["--" + flag.replace("_", "-")] = Path(getattr(args, flag))
+    _check_outputs(args, paths, Path(args.input) if args.input else None)
+    file_settings, flags = _settings(args)
+
+    import numpy as np
+
+    from . import __version__
+    from ._config import ConfigError, dump_toml, model_kwargs, resolve, train_kwargs
+    from ._model import ZIPO
+    from .data import write_h5ad_atomic, write_text_atomic, write_tsv_dir
+
     try:
-        ZIPO.setup_anndata(adata, layer=args.layer, batch_key=args.batch_key)
-    except ValueError as err:
+        settings = resolve(file_settings, flags)
+    except ConfigError as err:
         raise UserError(str(err)) from err
-    model = ZIPO(adata, preset=args.preset)
-    model.train(max_epochs=args.epochs, enable_progress_bar=not args.quiet)
+    _set_threads(settings["run"])
+    adata, source = _read(args, settings["run"].get("transpose", False))
+    _say(args, f"read {adata.n_obs} cells x {adata.n_vars} genes from {source}")
+    _setup(adata, settings["setup"])
+    try:
+        model = ZIPO(adata, **model_kwargs(settings))
+    except (ValueError, TypeError, KeyError) as err:
+        raise UserError(_first_line(err)) from err
+    _say(args, model.summary_string.splitlines()[0])
+    model.train(**train_kwargs(settings), enable_progress_bar=not args.quiet)
+    epochs = len(model.history["train_loss"])
+
+    if "--save-model" in paths:
+        _save_model(model, paths["--save-model"])
     adata.layers["zipo_denoised"] = model.get_normalized_expression(
         library_size="latent", return_numpy=True
     )
     params = model.get_likelihood_parameters()
-    if "zero_prob" in params:
-        adata.layers["zipo_zero_prob"] = params["zero_prob"]
+    # Poisson and NB have no zero inflation: their zero probability is exactly 0.
+    adata.layers["zipo_zero_prob"] = params.get("zero_prob", np.zeros_like(params["rate"]))
+    if "dispersion" in params:
+        adata.layers["zipo_dispersion"] = params["dispersion"]
     adata.obs["zipo_library"] = params["library"]
     adata.obsm["X_zipo"] = model.get_latent_representation()
     adata.uns["zipo"] = {
-        "preset": args.preset,
-        "seed": args.seed,
-        "hyperparameters": {
-            k: list(v) if isinstance(v, tuple) else v for k, v in model.hyperparameters.items()
-        },
-        "epochs_trained": len(model.history["train_loss"]),
+        "settings": {group: values for group, values in settings.items() if values},
+        "history": _history(model),
+        "epochs_trained": epochs,
+        "input": source,
+        "command": _command(args),
+        "version": __version__,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".h5ad", dir=out.parent)
-    os.close(fd)
-    try:
-        adata.write_h5ad(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    if not args.quiet:
-        print(f"wrote {out} ({adata.n_obs} cells x {adata.n_vars} genes)")
+    header = [
+        f"Settings of a zipo_scvi {__version__} run; repeat it with",
+        f"  zipo denoise INPUT -o OUTPUT --config {paths['--output (settings)'].name}",
+        f"command: {_command(args)}",
+        f"input: {source}",
+    ]
+    write_h5ad_atomic(adata, out)
+    write_text_atomic(dump_toml(settings, header), paths["--output (settings)"])
+    if "--tsv-dir" in paths:
+        write_tsv_dir(adata, paths["--tsv-dir"], overwrite=True)
+    if "--report" in paths:
+        from .pl import report
+
+        setup = settings["setup"]
+        report(adata, paths["--report"], color=setup.get("batch_key"), layer=setup.get("layer"))
+    _say(args, f"trained {epochs} epochs; wrote {', '.join(str(p) for p in paths.values())}")
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------- tune
+def _flatten_train(train: dict[str, Any]) -> dict[str, Any]:
+    from ._config import PLAN_KEYS
+
+    train = dict(train)
+    plan = dict(train.pop("plan_kwargs", None) or {})
+    for key in PLAN_KEYS:
+        if key in plan:
+            train[key] = plan.pop(key)
+    if plan:
+        train["plan_kwargs"] = plan
+    return train
+
+
+def _tune(args: argparse.Namespace) -> int:
+    _check_input(args)
+    out = Path(args.output)
+    if out.suffix != ".toml":
+        raise UserError(f"output {str(out)!r} must end in .toml")
+    if args.n_trials < 1:
+        raise UserError(f"--n-trials must be at least 1, not {args.n_trials}")
+    _check_outputs(args, {"--output": out}, Path(args.input) if args.input else None)
+    file_settings, flags = _settings(args)
+
+    from . import __version__
+    from ._config import ConfigError, dump_toml, merge, resolve
+    from ._tune import best_settings, tune
+    from .data import write_text_atomic
+
+    try:
+        given = merge(file_settings, flags)
+        seed = resolve(file_settings, flags)["train"]["seed"]
+    except ConfigError as err:
+        raise UserError(str(err)) from err
+    _set_threads(given["run"])
+    adata, source = _read(args, given["run"].get("transpose", False))
+    _say(args, f"read {adata.n_obs} cells x {adata.n_vars} genes from {source}")
+    _setup(adata, given["setup"])
+    fixed = {**given["model"], **{k: v for k, v in given["train"].items() if k != "seed"}}
+    try:
+        study = tune(
+            adata,
+            n_trials=args.n_trials,
+            search_space=file_settings.get("search") or None,
+            objective=args.objective,
+            storage=args.storage,
+            study_name=args.study_name,
+            seed=seed,
+            timeout=args.timeout,
+            verbose=not args.quiet,
+            **fixed,
+        )
+        best = best_settings(study)
+    except ValueError as err:
+        raise UserError(_first_line(err)) from err
+    chosen = {
+        "model": {"preset": best["preset"], **best["model_kwargs"]},
+        "train": {**_flatten_train(best["train_kwargs"]), "seed": seed},
+    }
+    settings = resolve({"run": given["run"], "setup": given["setup"]}, chosen)
+    trial = study.best_trial
+    header = [
+        f"Best settings of zipo tune (zipo_scvi {__version__}): trial {trial.number} of study "
+        f"{study.study_name!r}, {args.objective} = {trial.value:.6g}",
+        f"use with: zipo denoise INPUT -o OUTPUT --config {out.name}",
+        f"command: {_command(args)}",
+        f"input: {source}",
+    ]
+    write_text_atomic(dump_toml(settings, header), out)
+    chosen_params = ", ".join(f"{k}={v}" for k, v in trial.params.items())
+    _say(args, f"best trial {trial.number}: {args.objective}={trial.value:.6g} ({chosen_params})")
+    _say(args, f"wrote {out}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- prune and info
+def _load_model(directory: str):
+    from ._model import ZIPO
+
+    path = Path(directory)
+    if not path.is_dir() or not (path / "model.pt").is_file():
+        raise UserError(f"{str(path)!r} is not a saved ZIPO model folder (no model.pt)")
+    try:
+        return ZIPO.load(str(path))
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(_first_line(err)) from err
+
+
+def _prune(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.delta <= 1.0:
+        raise UserError(f"--delta must lie in [0, 1], not {args.delta:g}")
+    source = Path(args.model_dir)
+    out = Path(args.output) if args.output else source.with_name(source.name + "_pruned")
+    model = _load_model(args.model_dir)
+    if model.adata is None:
+        raise UserError(f"{str(source)!r} holds no data to judge the pruning on (adata.h5ad)")
+    if out.resolve() != source.resolve():
+        _check_outputs(args, {"--output": out}, None)
+    elif not args.force:
+        raise UserError(f"{str(out)!r} is the input model; pass --force to replace it")
+    result = model.prune(delta=args.delta)
+    _save_model(model, out)
+    print(
+        f"pruned {result['fraction_pruned']:.2%} of first-layer weights "
+        f"({result['n_pruned']} of {result['n_weights']}) at delta {result['delta']:g}; "
+        f"NLL {result['nll_before']:.6g} -> {result['nll_after']:.6g} "
+        f"({result['nll_change']:+.3%}), MSE {result['mse_before']:.6g} -> "
+        f"{result['mse_after']:.6g} ({result['mse_change']:+.3%}); wrote {out}"
+    )
+    return EXIT_OK
+
+
+def _info(args: argparse.Namespace) -> int:
+    model = _load_model(args.model_dir)
+    print(model.summary_string.splitlines()[0])
+    module = model.module
+    print(f"genes: {module.n_input}, latents: {module.n_latent}")
+    if model.adata is not None:
+        print(f"saved data: {model.adata.n_obs} cells x {model.adata.n_vars} genes")
+    setup = model.registry_.get("setup_args", {})
+    names = inspect.signature(type(model).setup_anndata).parameters
+    given = {k: v for k, v in setup.items() if k in names and v is not None}
+    print("setup: " + (", ".join(f"{k}={v}" for k, v in given.items()) or "counts in X"))
+    print("hyperparameters: " + ", ".join(f"{k}={v}" for k, v in model.hyperparameters.items()))
+    history = model.history or {}
+    if "train_loss" in history:
+        last = {
+            key: float(frame.iloc[-1, 0])
+            for key, frame in history.items()
+            if key.startswith(("nll_", "mse_"))
+        }
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(last.items()))
+        print(f"trained: {len(history['train_loss'])} epochs; last epoch {metrics}")
+    if hasattr(model, "first_layer_sparsity"):
+        from ._defaults import PRUNE_DELTA
+
+        below = float(model.first_layer_sparsity([PRUNE_DELTA]).iloc[0])
+        print(f"first layer: {below:.2%} of weights zero or below delta {PRUNE_DELTA:g}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- parser
+def _data_flags() -> argparse.ArgumentParser:
+    """Flags shared by ``denoise`` and ``tune``: the input, its setup and the settings."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "input",
+        nargs="?",
+        help=".h5ad, 10x .h5, 10x mtx folder, or .csv/.tsv/.txt[.gz] table (cells x genes; "
+        "see --transpose). Default: the embedded simulation (2000 cells x 1000 genes)",
+    )
+    p.add_argument("--config", metavar="FILE.toml", help="TOML settings (Python argument names)")
+    p.add_argument("--layer", help="layer holding the counts (default: X)")
+    p.add_argument("--batch-key", metavar="KEY", help="obs column of batches")
+    p.add_argument("--categorical-covariates", nargs="+", metavar="KEY", help="obs columns")
+    p.add_argument("--continuous-covariates", nargs="+", metavar="KEY", help="obs columns")
+    p.add_argument("--likelihood", choices=["zip", "zinb", "poisson", "nb"])
+    p.add_argument("--preset", choices=["default", "paper"], help="default: 'default'")
+    p.add_argument("--epochs", type=int, metavar="N", help="epoch cap (default: the preset's)")
+    p.add_argument("--seed", type=int, metavar="S", help="random seed (default 0)")
+    p.add_argument("--threads", type=int, metavar="T", help="CPU threads for torch")
+    p.add_argument(
+        "--transpose", action="store_true", default=None, help="table is genes x cells (DCA)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``zipo`` command."""
-    parser = argparse.ArgumentParser(prog="zipo", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("denoise", help="denoise counts; with no INPUT, the embedded simulation")
-    d.add_argument("input", nargs="?", help="cells x genes raw counts (.h5ad)")
+    """The argument parser of the ``zipo`` command.
+
+    Examples
+    --------
+    >>> args = build_parser().parse_args(["denoise", "counts.h5ad", "-o", "out.h5ad"])
+    >>> args.output
+    'out.h5ad'
+    """
+    parser = argparse.ArgumentParser(
+        prog="zipo",
+        description="ZiPo: denoise single-cell RNA-seq counts (Sharifitabar et al. 2024).",
+        epilog="Exit codes: 0 ok, 1 failure, 2 bad usage or input. Settings: preset < --config "
+        "file < flags.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    shared = _data_flags()
+
+    d = sub.add_parser(
+        "denoise",
+        parents=[shared],
+        help="train ZIPO on counts and write denoised expression; no INPUT: embedded simulation",
+        description="Train ZIPO on raw counts and write the input AnnData with "
+        'layers["zipo_denoised"], layers["zipo_zero_prob"], obsm["X_zipo"], '
+        'obs["zipo_library"] and uns["zipo"] (settings, training history), plus '
+        "OUTPUT.settings.toml with every setting used. Settings: preset < --config file < flags.",
+    )
     d.add_argument("-o", "--output", default="zipo_denoised.h5ad", help="output .h5ad")
-    d.add_argument("--layer", help="layer with the counts (default: X)")
-    d.add_argument("--batch-key", help="obs column of batches")
-    d.add_argument("--preset", default="default", choices=["default", "paper"])
-    d.add_argument("--epochs", type=int, default=None, help="epoch cap (default: preset's)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--force", action="store_true", help="overwrite an existing output")
-    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.add_argument("--save-model", metavar="DIR", help="save the trained model (with its data)")
+    d.add_argument(
+        "--tsv-dir",
+        metavar="DIR",
+        help="also write DCA-style mean.tsv, dropout.tsv, dispersion.tsv (NB), latent.tsv",
+    )
+    d.add_argument("--report", metavar="DIR", help="write PNG plots (history, UMAP, ...)")
     d.set_defaults(func=_denoise)
+
+    t = sub.add_parser(
+        "tune",
+        parents=[shared],
+        help="search hyperparameters with optuna; writes the best settings as a config file",
+        description="Search ZIPO's hyperparameters with optuna (default: the paper's space; a "
+        "[search] table in --config replaces it) and write the best trial's settings as TOML "
+        "for `zipo denoise --config`.",
+    )
+    t.add_argument("--n-trials", type=int, required=True, metavar="N", help="trials to run")
+    t.add_argument("--storage", metavar="URL", help="optuna storage (RDB URL or SQLite path)")
+    t.add_argument("--study-name", metavar="NAME", help="study name in the storage")
+    t.add_argument("--objective", choices=["validation_nll", "mcv"], default="validation_nll")
+    t.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting trials after")
+    t.add_argument("-o", "--output", default="zipo_tuned.toml", help="best settings (.toml)")
+    t.set_defaults(func=_tune)
+
+    from ._defaults import PRUNE_DELTA
+
+    p = sub.add_parser(
+        "prune",
+        help="prune a saved model's first layer (paper III-E) and save the pruned model",
+        description="Zero the first-layer weights below delta of each neuron's largest, report "
+        "the sparsity and the NLL/MSE change on the saved data, and save the pruned model.",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="folder of zipo denoise --save-model")
+    p.add_argument("--delta", type=float, default=PRUNE_DELTA, help="threshold (paper: 1e-4)")
+    p.add_argument("-o", "--output", metavar="DIR", help="default: MODEL_DIR_pruned")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.set_defaults(func=_prune)
+
+    i = sub.add_parser("info", help="describe a saved model (zipo denoise --save-model DIR)")
+    i.add_argument("model_dir", metavar="MODEL_DIR")
+    i.set_defaults(func=_info)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``zipo`` command; returns the exit code (0 ok, 1 failure, 2 bad usage/input)."""
-    args = build_parser().parse_args(argv)
+    """Run the ``zipo`` command; returns the exit code (0 ok, 1 failure, 2 bad usage/input).
+
+    Parameters
+    ----------
+    argv
+        Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Examples
+    --------
+    >>> main(["denoise", "-o", "zipo_denoised.h5ad", "--epochs", "2", "--quiet"])  # doctest: +SKIP
+    0
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)  # usage errors: argparse exits with 2
+    args.argv = argv
+    debug = bool(os.environ.get("ZIPO_DEBUG"))
+    if not debug:
+        _quiet_libraries(getattr(args, "quiet", False))
     try:
         return args.func(args)
     except UserError as err:
-        print(f"zipo: error: {err}", file=sys.stderr)
+        message = " ".join(str(err).split())  # one line, whatever the underlying error said
+        print(f"zipo: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("zipo: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        detail = f"{err.__class__.__name__}: {_first_line(err)}"
+        print(f"zipo: failed: {detail} (set ZIPO_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,379 @@
+"""Readers of count matrices (h5ad, 10x h5, 10x mtx, CSV/TSV) and writers of ZIPO's outputs."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+#: The first bytes of every HDF5 file (h5ad and 10x h5 files are HDF5).
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_GZIP_SIGNATURE = b"\x1f\x8b"
+
+#: Path endings -> format name, checked in order (longest first).
+_SUFFIXES: tuple[tuple[str, str], ...] = (
+    (".mtx.gz", "10x_mtx"),
+    (".csv.gz", "csv"),
+    (".tsv.gz", "tsv"),
+    (".txt.gz", "tsv"),
+    (".h5ad", "h5ad"),
+    (".h5", "10x_h5"),
+    (".mtx", "10x_mtx"),
+    (".csv", "csv"),
+    (".tsv", "tsv"),
+    (".txt", "tsv"),
+)
+
+SUPPORTED_INPUTS = (
+    ".h5ad, 10x .h5, a 10x mtx folder (or its matrix.mtx[.gz]), .csv, .tsv or .txt "
+    "(optionally .gz)"
+)
+
+#: The AnnData keys the command line writes and the TSV files they become (DCA's layout).
+OUTPUT_KEYS = {
+    "denoised": ("layers", "zipo_denoised"),
+    "zero_prob": ("layers", "zipo_zero_prob"),
+    "dispersion": ("layers", "zipo_dispersion"),
+    "latent": ("obsm", "X_zipo"),
+    "library": ("obs", "zipo_library"),
+}
+
+
+class InputError(ValueError):
+    """A file that is missing, of an unknown kind, or not what its name says it is."""
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Name the format of a count-matrix path from its ending (or a folder's contents).
+
+    Parameters
+    ----------
+    path
+        A file or a 10x mtx folder.
+
+    Returns
+    -------
+    One of ``"h5ad"``, ``"10x_h5"``, ``"10x_mtx"``, ``"csv"``, ``"tsv"``.
+
+    Raises
+    ------
+    InputError
+        If the path does not exist or its kind is not supported.
+
+    Examples
+    --------
+    >>> detect_format("counts.csv.gz")  # doctest: +SKIP
+    'csv'
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"input {str(p)!r} does not exist")
+    if p.is_dir():
+        if _mtx_file(p) is None:
+            raise InputError(
+                f"{str(p)!r} is a folder without a matrix.mtx or matrix.mtx.gz; "
+                f"supported inputs: {SUPPORTED_INPUTS}"
+            )
+        return "10x_mtx"
+    name = p.name.lower()
+    for suffix, fmt in _SUFFIXES:
+        if name.endswith(suffix):
+            return fmt
+    raise InputError(f"cannot tell the format of {str(p)!r}; supported inputs: {SUPPORTED_INPUTS}")
+
+
+def read_counts(
+    path: str | os.PathLike, transpose: bool = False, fmt: str | None = None
+) -> AnnData:
+    """Read a raw count matrix as a cells x genes AnnData, choosing the reader from the path.
+
+    Parameters
+    ----------
+    path
+        ``.h5ad`` (anndata), ``.h5`` (10x Genomics, :func:`scanpy.read_10x_h5`), a 10x mtx
+        folder or the ``matrix.mtx[.gz]`` inside one (:func:`scanpy.read_10x_mtx`), or a
+        ``.csv``/``.tsv``/``.txt`` table (optionally gzipped) with a header row of names and a
+        first column of names.
+    transpose
+        Tables only: the table is genes x cells (DCA's layout) rather than cells x genes.
+    fmt
+        Force a format (see :func:`detect_format`) instead of reading it from the path.
+
+    Returns
+    -------
+    AnnData with cells as observations and genes as variables; tables become CSR float32.
+
+    Raises
+    ------
+    InputError
+        If the file is missing, of an unknown kind, or not what its name says (for example a
+        text file named ``.h5ad``, or a table with non-numeric values).
+
+    Examples
+    --------
+    >>> from zipo_scvi.data import read_counts
+    >>> adata = read_counts("matrix.csv", transpose=True)  # doctest: +SKIP
+    """
+    p = Path(path)
+    fmt = fmt or detect_format(p)
+    if not p.exists():
+        raise InputError(f"input {str(p)!r} does not exist")
+    if transpose and fmt not in ("csv", "tsv"):
+        raise InputError(f"--transpose applies to CSV/TSV tables only, not to {fmt} input")
+    readers = {
+        "h5ad": _read_h5ad,
+        "10x_h5": _read_10x_h5,
+        "10x_mtx": _read_10x_mtx,
+        "csv": lambda q: _read_table(q, ",", transpose),
+        "tsv": lambda q: _read_table(q, "\t", transpose),
+    }
+    if fmt not in readers:
+        raise InputError(f"unknown input format {fmt!r}; choose one of {sorted(readers)}")
+    return readers[fmt](p)
+
+
+def _head(path: Path, n: int = 8192) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _require_hdf5(path: Path, what: str) -> None:
+    if not _head(path, 8).startswith(_HDF5_SIGNATURE):
+        raise InputError(f"{str(path)!r} is not an HDF5 file, so it cannot be {what}")
+
+
+def _read_h5ad(path: Path) -> AnnData:
+    import anndata
+
+    _require_hdf5(path, "an .h5ad file")
+    try:
+        return anndata.read_h5ad(path)
+    except Exception as err:  # h5py and anndata raise many kinds
+        raise InputError(
+            f"{str(path)!r} is an HDF5 file but not a readable .h5ad file "
+            f"({err.__class__.__name__}: {_first_line(err)})"
+        ) from err
+
+
+def _read_10x_h5(path: Path) -> AnnData:
+    import scanpy as sc
+
+    _require_hdf5(path, "a 10x Genomics .h5 file")
+    try:
+        adata = sc.read_10x_h5(path)
+    except Exception as err:
+        raise InputError(
+            f"{str(path)!r} is an HDF5 file but not a 10x Genomics count matrix "
+            f"({err.__class__.__name__}: {_first_line(err)})"
+        ) from err
+    adata.var_names_make_unique()
+    return adata
+
+
+def _mtx_file(folder: Path) -> Path | None:
+    for name in ("matrix.mtx.gz", "matrix.mtx"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _read_10x_mtx(path: Path) -> AnnData:
+    import scanpy as sc
+
+    folder = path if path.is_dir() else path.parent
+    mtx = _mtx_file(folder)
+    if mtx is None:
+        raise InputError(f"{str(folder)!r} holds no matrix.mtx or matrix.mtx.gz")
+    head = _head(mtx, 64)
+    if mtx.name.endswith(".gz"):
+        if not head.startswith(_GZIP_SIGNATURE):
+            raise InputError(f"{str(mtx)!r} is not gzip-compressed although its name ends in .gz")
+        with gzip.open(mtx, "rb") as f:
+            head = f.read(64)
+    if not head.startswith(b"%%MatrixMarket"):
+        raise InputError(f"{str(mtx)!r} is not a Matrix Market file (no %%MatrixMarket header)")
+    try:
+        return sc.read_10x_mtx(folder)
+    except Exception as err:
+        raise InputError(
+            f"{str(folder)!r} is not a readable 10x mtx folder (it needs matrix.mtx, "
+            f"barcodes.tsv and genes.tsv, or their .gz versions with features.tsv.gz; "
+            f"{err.__class__.__name__}: {_first_line(err)})"
+        ) from err
+
+
+def _read_table(path: Path, sep: str, transpose: bool) -> AnnData:
+    head = _head(path)
+    gz = path.name.lower().endswith(".gz")
+    if gz != head.startswith(_GZIP_SIGNATURE):
+        state = "is not" if gz else "is"
+        raise InputError(f"{str(path)!r} {state} gzip-compressed, unlike what its name says")
+    if gz:
+        with gzip.open(path, "rb") as f:
+            head = f.read(8192)
+    if b"\x00" in head or head.startswith(_HDF5_SIGNATURE):
+        raise InputError(f"{str(path)!r} is a binary file, not a text table")
+    try:
+        table = pd.read_csv(path, sep=sep, index_col=0)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError(f"{str(path)!r} is not a readable table ({_first_line(err)})") from err
+    if table.shape[0] == 0 or table.shape[1] == 0:
+        raise InputError(
+            f"{str(path)!r} holds no count table (shape {table.shape}); expected a header row of "
+            f"names and a first column of names, separated by {sep!r}"
+        )
+    bad = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
+    if bad:
+        raise InputError(
+            f"{str(path)!r} has non-numeric values in column {str(bad[0])!r}; expected counts "
+            f"separated by {sep!r} with names in the first row and column"
+        )
+    if transpose:
+        table = table.T
+    x = sp.csr_matrix(table.to_numpy(dtype=np.float32))
+    adata = AnnData(
+        x,
+        obs=pd.DataFrame(index=table.index.astype(str)),
+        var=pd.DataFrame(index=table.columns.astype(str)),
+    )
+    adata.obs_names_make_unique()
+    adata.var_names_make_unique()
+    return adata
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else err.__class__.__name__
+
+
+# ---------------------------------------------------------------------- writers
+def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike) -> None:
+    """Write an AnnData to ``path`` through a temporary file, so a failure leaves no partial file.
+
+    Parameters
+    ----------
+    adata
+        The data to write.
+    path
+        Destination ``.h5ad``; replaced only once the new file is complete.
+
+    Examples
+    --------
+    >>> write_h5ad_atomic(adata, "out.h5ad")  # doctest: +SKIP
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> None:
+    """Write a text file through a temporary file in the same folder.
+
+    Parameters
+    ----------
+    text
+        Content.
+    path
+        Destination.
+
+    Examples
+    --------
+    >>> write_text_atomic("seed = 0", "run.toml")  # doctest: +SKIP
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _dense(matrix) -> np.ndarray:
+    return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
+
+
+def write_tsv_dir(
+    adata: AnnData, directory: str | os.PathLike, overwrite: bool = False
+) -> list[Path]:
+    """Write ZIPO's outputs as DCA-style TSV files.
+
+    ``mean.tsv`` (the denoised rates ``l * mu``, ``layers["zipo_denoised"]``), ``dropout.tsv``
+    (zero-inflation probabilities, ``layers["zipo_zero_prob"]``; DCA calls it ``pi.tsv``) and,
+    for NB likelihoods, ``dispersion.tsv`` (``layers["zipo_dispersion"]``) are genes x cells
+    like DCA's; ``latent.tsv`` (``obsm["X_zipo"]``; DCA's ``reduced.tsv``) is cells x latents.
+    Every file has names in its first row and column. The folder is written beside its
+    destination and moved into place when complete.
+
+    Parameters
+    ----------
+    adata
+        AnnData holding the command line's output keys (see :data:`OUTPUT_KEYS`).
+    directory
+        Destination folder.
+    overwrite
+        Replace an existing folder.
+
+    Returns
+    -------
+    Paths of the files written.
+
+    Raises
+    ------
+    FileExistsError
+        If ``directory`` exists and ``overwrite`` is false.
+    KeyError
+        If ``adata`` lacks ``layers["zipo_denoised"]`` or ``obsm["X_zipo"]``.
+
+    Examples
+    --------
+    >>> write_tsv_dir(adata, "results/")  # doctest: +SKIP
+    """
+    out = Path(directory)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{str(out)!r} exists; pass overwrite=True to replace it")
+    for attr, key in (OUTPUT_KEYS["denoised"], OUTPUT_KEYS["latent"]):
+        if key not in getattr(adata, attr):
+            raise KeyError(f"adata.{attr} has no {key!r}; run ZIPO (or `zipo denoise`) first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    files = {"mean": "denoised", "dropout": "zero_prob", "dispersion": "dispersion"}
+    try:
+        for name, what in files.items():
+            attr, key = OUTPUT_KEYS[what]
+            if key in getattr(adata, attr):
+                frame = pd.DataFrame(
+                    _dense(adata.layers[key]).T, index=adata.var_names, columns=adata.obs_names
+                )
+                frame.to_csv(tmp / f"{name}.tsv", sep="\t", float_format="%.6g")
+        latent = np.asarray(adata.obsm[OUTPUT_KEYS["latent"][1]])
+        columns = [f"latent_{i}" for i in range(latent.shape[1])]
+        pd.DataFrame(latent, index=adata.obs_names, columns=columns).to_csv(
+            tmp / "latent.tsv", sep="\t", float_format="%.6g"
+        )
+        if out.is_dir():
+            shutil.rmtree(out)
+        elif out.exists():
+            out.unlink()
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return sorted(out.glob("*.tsv"))

@@ -1,0 +1,355 @@
+"""Plots of a trained ZIPO: training history, latent embedding, denoised vs raw, zero inflation."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+_LABELS = {"nll": "negative log-likelihood per cell", "mse": "MSE of rates"}
+
+
+def _history_table(source: Any) -> dict[str, np.ndarray]:
+    """Metric name -> values per epoch, from a model, an AnnData or a mapping."""
+    if isinstance(source, AnnData):
+        if "zipo" not in source.uns or "history" not in source.uns["zipo"]:
+            raise KeyError("adata.uns['zipo']['history'] is missing; run `zipo denoise` first")
+        source = source.uns["zipo"]["history"]
+    elif hasattr(source, "history") and not isinstance(source, Mapping):
+        source = source.history
+        if not source:
+            raise ValueError("the model has no training history; train it first")
+    out = {}
+    for key, values in source.items():
+        if isinstance(values, pd.DataFrame):
+            values = values.iloc[:, 0]
+        out[key] = np.asarray(values, dtype=float).ravel()
+    return out
+
+
+def history(
+    source: Any,
+    metrics: Sequence[str] = ("nll", "mse"),
+    figsize: tuple[float, float] | None = None,
+) -> Figure:
+    """Plot training and validation curves of the paper's metrics, one panel per metric.
+
+    Parameters
+    ----------
+    source
+        A trained :class:`~zipo_scvi.ZIPO`, an AnnData written by ``zipo denoise`` (its
+        ``uns["zipo"]["history"]``), or a mapping such as ``model.history``.
+    metrics
+        Metric names; each panel shows ``{metric}_train`` and ``{metric}_validation``.
+    figsize
+        Figure size (default: 4 x 3.2 inches per panel).
+
+    Returns
+    -------
+    The figure. With ``validation="molecules"`` (the default preset) the validation curves
+    score the held-out 10% of each validation cell's molecules, so they sit on a smaller scale
+    than the training curves.
+
+    Raises
+    ------
+    KeyError
+        If none of the metrics was logged.
+
+    Examples
+    --------
+    >>> from zipo_scvi import pl
+    >>> fig = pl.history(model)  # doctest: +SKIP
+    """
+    table = _history_table(source)
+    fig = Figure(figsize=figsize or (4 * len(metrics), 3.2), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    found = False
+    for ax, metric in zip(axes, metrics):
+        for split, style in (("train", "-"), ("validation", "--")):
+            values = table.get(f"{metric}_{split}")
+            if values is None or not np.isfinite(values).any():
+                continue
+            found = True
+            epochs = np.arange(1, values.size + 1)
+            ax.plot(epochs, values, style, marker=".", label=split)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(_LABELS.get(metric, metric))
+        ax.set_title(metric.upper())
+        if ax.lines:
+            ax.legend(frameon=False)
+    if not found:
+        raise KeyError(f"none of {list(metrics)} was logged; history holds {sorted(table)}")
+    return fig
+
+
+def embedding(
+    adata: AnnData,
+    color: str | None = None,
+    basis: Literal["umap", "tsne"] = "umap",
+    use_rep: str = "X_zipo",
+    n_neighbors: int = 15,
+    seed: int = 0,
+    figsize: tuple[float, float] = (5.0, 4.0),
+) -> Figure:
+    """UMAP or t-SNE of ZIPO's latents, coloured by an ``obs`` column (computed with scanpy).
+
+    The embedding is computed on a light copy (``obs`` and the latents), so ``adata`` is not
+    changed.
+
+    Parameters
+    ----------
+    adata
+        AnnData with the latents in ``obsm[use_rep]``.
+    color
+        ``obs`` column (or gene name) to colour by; ``None`` for one colour.
+    basis
+        ``"umap"`` or ``"tsne"``.
+    use_rep
+        ``obsm`` key of the latents.
+    n_neighbors
+        Neighbours of the kNN graph (UMAP); capped at the number of cells minus one.
+    seed
+        Random state of UMAP / t-SNE.
+    figsize
+        Figure size in inches.
+
+    Returns
+    -------
+    The figure.
+
+    Raises
+    ------
+    KeyError
+        If ``use_rep`` or ``color`` is missing.
+    ValueError
+        If ``basis`` is not ``"umap"`` or ``"tsne"``.
+
+    Examples
+    --------
+    >>> fig = pl.embedding(adata, color="group", basis="tsne")  # doctest: +SKIP
+    """
+    import scanpy as sc
+
+    if basis not in ("umap", "tsne"):
+        raise ValueError(f"basis must be 'umap' or 'tsne', not {basis!r}")
+    if use_rep not in adata.obsm:
+        raise KeyError(f"adata.obsm has no {use_rep!r}; add model.get_latent_representation()")
+    if color is not None and color not in adata.obs and color not in adata.var_names:
+        raise KeyError(f"{color!r} is neither an obs column nor a gene")
+    light = AnnData(
+        X=sp.csr_matrix((adata.n_obs, 0), dtype=np.float32),
+        obs=adata.obs.copy(),
+        obsm={use_rep: np.asarray(adata.obsm[use_rep], dtype=np.float32)},
+    )
+    if color is not None and color not in adata.obs:
+        light.obs[color] = _dense_column(adata, color)
+    if basis == "umap":
+        k = max(2, min(n_neighbors, adata.n_obs - 1))
+        sc.pp.neighbors(light, n_neighbors=k, use_rep=use_rep, random_state=seed)
+        sc.tl.umap(light, random_state=seed)
+    else:
+        perplexity = max(2.0, min(30.0, (adata.n_obs - 1) / 3))
+        sc.tl.tsne(light, use_rep=use_rep, perplexity=perplexity, random_state=seed)
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.subplots()
+    sc.pl.embedding(light, basis=basis, color=color, ax=ax, show=False, frameon=False)
+    ax.set_title(f"ZIPO latents ({basis.upper()})" + (f": {color}" if color else ""))
+    return fig
+
+
+def _dense_column(adata: AnnData, gene: str, layer: str | None = None) -> np.ndarray:
+    matrix = adata.X if layer is None else adata.layers[layer]
+    column = matrix[:, adata.var_names.get_loc(gene)]
+    return np.asarray(column.toarray() if sp.issparse(column) else column, dtype=float).ravel()
+
+
+def _top_genes(adata: AnnData, layer: str | None, n: int) -> list[str]:
+    matrix = adata.X if layer is None else adata.layers[layer]
+    totals = np.asarray(matrix.sum(axis=0)).ravel()
+    return list(adata.var_names[np.argsort(-totals)[:n]])
+
+
+def denoised_vs_raw(
+    adata: AnnData,
+    genes: Sequence[str] | None = None,
+    layer: str | None = None,
+    denoised_layer: str = "zipo_denoised",
+    n_genes: int = 4,
+) -> Figure:
+    """Scatter the raw counts of chosen genes against their denoised values, one panel per gene.
+
+    Parameters
+    ----------
+    adata
+        AnnData with raw counts (``X`` or ``layers[layer]``) and ``layers[denoised_layer]``.
+    genes
+        Genes to show; default: the ``n_genes`` with the most counts.
+    layer
+        Layer of the raw counts (``None``: ``X``).
+    denoised_layer
+        Layer of the denoised values (``zipo denoise`` writes ``"zipo_denoised"``).
+    n_genes
+        Number of genes when ``genes`` is ``None``.
+
+    Returns
+    -------
+    The figure (log1p axes; the dashed line is denoised = raw).
+
+    Raises
+    ------
+    KeyError
+        If a layer or gene is missing.
+
+    Examples
+    --------
+    >>> fig = pl.denoised_vs_raw(adata, genes=["gene_0", "gene_1"])  # doctest: +SKIP
+    """
+    if denoised_layer not in adata.layers:
+        raise KeyError(f"adata.layers has no {denoised_layer!r}")
+    if layer is not None and layer not in adata.layers:
+        raise KeyError(f"adata.layers has no {layer!r}")
+    genes = list(genes) if genes is not None else _top_genes(adata, layer, n_genes)
+    missing = [g for g in genes if g not in adata.var_names]
+    if missing or not genes:
+        raise KeyError(f"genes {missing} not found in adata.var_names" if missing else "no genes")
+    fig = Figure(figsize=(3.2 * len(genes), 3.2), layout="constrained")
+    axes = fig.subplots(1, len(genes), squeeze=False)[0]
+    for ax, gene in zip(axes, genes):
+        raw = np.log1p(_dense_column(adata, gene, layer))
+        den = np.log1p(_dense_column(adata, gene, denoised_layer))
+        ax.scatter(raw, den, s=6, alpha=0.5, linewidths=0)
+        hi = float(max(raw.max(), den.max(), 1e-3))
+        ax.plot([0, hi], [0, hi], "k--", lw=0.8)
+        ax.set_title(gene)
+        ax.set_xlabel("log1p raw count")
+    axes[0].set_ylabel("log1p denoised")
+    return fig
+
+
+def zero_inflation(
+    adata: AnnData,
+    layer: str | None = None,
+    zero_prob_layer: str = "zipo_zero_prob",
+) -> Figure:
+    """Per-gene mean zero-inflation probability against mean expression and observed zeros.
+
+    Parameters
+    ----------
+    adata
+        AnnData with raw counts and ``layers[zero_prob_layer]`` (``zipo denoise`` writes
+        ``"zipo_zero_prob"``; with a model: ``model.get_likelihood_parameters()["zero_prob"]``).
+    layer
+        Layer of the raw counts (``None``: ``X``).
+    zero_prob_layer
+        Layer of the zero-inflation probabilities ``z``.
+
+    Returns
+    -------
+    A two-panel figure: mean ``z`` against mean count (log scale) and against the observed
+    fraction of zeros, one point per gene.
+
+    Raises
+    ------
+    KeyError
+        If a layer is missing.
+
+    Examples
+    --------
+    >>> fig = pl.zero_inflation(adata)  # doctest: +SKIP
+    """
+    if zero_prob_layer not in adata.layers:
+        raise KeyError(f"adata.layers has no {zero_prob_layer!r}")
+    counts = adata.X if layer is None else adata.layers[layer]
+    z = adata.layers[zero_prob_layer]
+    mean_z = np.asarray(z.mean(axis=0)).ravel()
+    mean_count = np.asarray(counts.mean(axis=0)).ravel()
+    nonzero = counts.getnnz(axis=0) if sp.issparse(counts) else (np.asarray(counts) != 0).sum(0)
+    zero_frac = 1.0 - np.asarray(nonzero).ravel() / adata.n_obs
+    fig = Figure(figsize=(8.0, 3.4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    left.scatter(np.maximum(mean_count, 1e-4), mean_z, s=6, alpha=0.6, linewidths=0)
+    left.set_xscale("log")
+    left.set_xlabel("mean count per cell")
+    left.set_ylabel("mean zero-inflation z")
+    right.scatter(zero_frac, mean_z, s=6, alpha=0.6, linewidths=0)
+    right.set_xlabel("observed fraction of zeros")
+    fig.suptitle(f"zero inflation per gene (mean z over genes: {mean_z.mean():.3g})")
+    return fig
+
+
+def report(
+    adata: AnnData,
+    directory: str | os.PathLike,
+    color: str | None = None,
+    genes: Sequence[str] | None = None,
+    basis: Literal["umap", "tsne"] = "umap",
+    layer: str | None = None,
+    model: Any = None,
+    dpi: int = 120,
+) -> list[Path]:
+    """Write the four plots as PNG files (the ``--report`` folder of ``zipo denoise``).
+
+    Parameters
+    ----------
+    adata
+        AnnData with ZIPO's outputs (``zipo denoise`` writes them).
+    directory
+        Folder to write into (created if missing).
+    color
+        ``obs`` column for the embedding; default: the first categorical column with 2 to 50
+        categories, if any.
+    genes
+        Genes for :func:`denoised_vs_raw`.
+    basis
+        ``"umap"`` or ``"tsne"``.
+    layer
+        Layer of the raw counts (``None``: ``X``).
+    model
+        The trained model, for the history when ``adata.uns["zipo"]`` lacks it.
+    dpi
+        Resolution of the PNG files.
+
+    Returns
+    -------
+    Paths of the files written: ``history.png``, ``latent_{basis}.png``,
+    ``denoised_vs_raw.png`` and, when ``layers["zipo_zero_prob"]`` exists, ``zero_inflation.png``.
+
+    Examples
+    --------
+    >>> pl.report(adata, "report/", color="group")  # doctest: +SKIP
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    if color is None:
+        color = _default_color(adata)
+    figures = {
+        "history": history(model if model is not None else adata),
+        f"latent_{basis}": embedding(adata, color=color, basis=basis),
+        "denoised_vs_raw": denoised_vs_raw(adata, genes=genes, layer=layer),
+    }
+    if "zipo_zero_prob" in adata.layers:
+        figures["zero_inflation"] = zero_inflation(adata, layer=layer)
+    paths = []
+    for name, fig in figures.items():
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=dpi)
+        paths.append(path)
+    return paths
+
+
+def _default_color(adata: AnnData) -> str | None:
+    for column in adata.obs.columns:
+        values = adata.obs[column]
+        if isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object:
+            if 2 <= values.nunique() <= 50:
+                return column
+    return None
