@@ -4,6 +4,7 @@ from . import data
 from ._defaults import preset
 from ._model import ZIPO
 from ._module import ZiPoModule
+from ._scale import read_backed, write_denoised
 from ._tune import best_settings, compare_seeds, tune
 
 __version__ = "0.1.0"
@@ -16,5 +17,7 @@ __all__ = [
     "compare_seeds",
     "data",
     "preset",
+    "read_backed",
     "tune",
+    "write_denoised",
 ]

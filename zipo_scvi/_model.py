@@ -24,6 +24,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from ._checks import check_counts
 from ._defaults import preset as get_preset
 from ._module import ZiPoModule
+from ._scale import check_saved_genes
 from ._sparsity import SparsityMixin
 from ._training import ZiPoTrainingPlan
 
@@ -219,6 +220,7 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
         """
         if adata is not None:
             check_counts(adata, kwargs.get("layer"))
+            check_saved_genes(dir_path, adata, kwargs.get("prefix"))
         try:
             return super().load(str(dir_path), adata=adata, **kwargs)
         except ValueError as err:
@@ -467,6 +469,20 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
 
         values = self._collect(fn, adata, indices, batch_size, transform_batch)
         return self._frame(adata, indices, values, adata_.var_names[genes], return_numpy)
+
+    def write_normalized_expression(self, path: str, adata: AnnData | None = None, **kwargs):
+        """Write denoised expression to an ``.h5ad`` file in blocks of cells (for backed data).
+
+        See :func:`zipo_scvi.write_denoised` (``**kwargs``: ``library_size``, ``layers``,
+        ``batch_size``, ``compression``, ``uns``); returns the path written.
+
+        Examples
+        --------
+        >>> model.write_normalized_expression("atlas_denoised.h5ad")  # doctest: +SKIP
+        """
+        from ._scale import write_denoised
+
+        return write_denoised(self, path, adata=adata, **kwargs)
 
     def get_likelihood_parameters(
         self,

@@ -141,3 +141,13 @@ class ZiPoTrainingPlan(TrainingPlan):
             sync_dist=self.use_sync_dist,
         )
         self.compute_and_log_metrics(scvi_loss, self.val_metrics, "validation")
+
+    def compute_and_log_metrics(self, loss_output, metrics, mode):
+        """Log the metrics as scvi does, under ``no_grad`` instead of ``inference_mode``.
+
+        scvi runs it under ``torch.inference_mode``, so Lightning's running batch-size counter
+        becomes an inference tensor; with DDP on the gloo backend (CPU) Lightning then divides
+        it in place when syncing across processes, which torch refuses.
+        """
+        with torch.no_grad():
+            TrainingPlan.compute_and_log_metrics.__wrapped__(self, loss_output, metrics, mode)
