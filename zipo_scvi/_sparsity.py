@@ -300,7 +300,7 @@ class SparsityMixin:
             Threshold on the normalised absolute weight, in ``[0, 1]`` (paper: 1e-4).
         adata
             Cells to judge the pruning on; default: the model's validation cells (all cells if
-            it was trained without validation).
+            it was trained without validation, or loaded from disk, which keeps no split).
         batch_size
             Minibatch size for the NLL and MSE.
 
