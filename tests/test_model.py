@@ -256,3 +256,14 @@ def test_unknown_arguments_are_clear_errors(adata):
         m.get_normalized_expression(library_size="median")
     with pytest.raises(ValueError, match="transform_batch"):
         m.get_normalized_expression(transform_batch="nope")
+
+
+@pytest.mark.parametrize("content", [None, b"not a torch file"])
+def test_load_from_a_folder_without_a_model_is_a_clear_error(adata, tmp_path, content):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    if content is not None:
+        (folder / "model.pt").write_bytes(content)
+    ZIPO.setup_anndata(adata)
+    with pytest.raises(ValueError, match="does not hold a saved ZIPO model"):
+        ZIPO.load(folder, adata=adata)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -220,16 +221,21 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
         """
         if adata is not None:
             check_counts(adata, kwargs.get("layer"))
-            check_saved_genes(dir_path, adata, kwargs.get("prefix"))
         try:
+            if adata is not None:
+                check_saved_genes(dir_path, adata, kwargs.get("prefix"))
             return super().load(str(dir_path), adata=adata, **kwargs)
         except ValueError as err:
+            if "Failed to load model file" in str(err):
+                raise ValueError(
+                    f"{str(dir_path)!r} does not hold a saved ZIPO model: {err}"
+                ) from err
             if "var" in str(err).lower():
                 raise ValueError(
                     f"The genes of this AnnData do not match the saved model's genes: {err}"
                 ) from err
             raise
-        except (FileNotFoundError, OSError, RuntimeError, KeyError) as err:
+        except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as err:
             raise ValueError(f"{str(dir_path)!r} does not hold a saved ZIPO model: {err}") from err
 
     @classmethod
