@@ -39,15 +39,12 @@ DISTRIBUTIONS: Mapping[str, Callable[..., optuna.distributions.BaseDistribution]
 MODEL_KEYS = frozenset(PRESETS["paper"][0])
 #: Arguments of :meth:`ZIPO.train` that a search may vary; the plan keys go to ``plan_kwargs``.
 TRAIN_KEYS = frozenset(
-    {"max_epochs", "lr", "batch_size", "validation", "train_size", "early_stopping"}
-    | {"early_stopping_patience"}
+    {"max_epochs", "lr", "batch_size", "validation", "train_size", "early_stopping_patience"}
 )
 PLAN_KEYS = frozenset(_TRAIN_PLAN_KEYS) - {"lr", "validation"}
 SEARCHABLE = MODEL_KEYS | TRAIN_KEYS | PLAN_KEYS | {"preset"}
 #: Metric logged by the training plan each epoch and reported to the pruner (regulariser-free).
 PRUNING_MONITOR = "nll_validation"
-
-logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- search space
@@ -398,7 +395,7 @@ def tune(
     timeout
         Stop starting trials after this many seconds.
     pruner
-        Optuna pruner; ``None``: ``MedianPruner(n_startup_trials=2, n_warmup_steps=5)``;
+        Optuna pruner; ``None``: ``MedianPruner(n_startup_trials=4, n_warmup_steps=15)``;
         ``False``: no pruning (the learning curves are still recorded).
     sampler
         Optuna sampler; default ``TPESampler`` (with ``constant_liar`` for shared storage).
@@ -441,12 +438,14 @@ def tune(
         raise ValueError(f"Unknown objective {objective!r}; choose one of {list(OBJECTIVES)}.")
     params = _parse_space(search_space)
     _split_settings(train_kwargs)  # checks the preset early
+    if objective == "validation_nll" and train_kwargs.get("train_size", 0.0) >= 1.0:
+        raise ValueError("objective='validation_nll' needs validation cells (train_size < 1).")
     storage = _storage_url(storage)
     if sampler is None:
         sampler_seed = seed if storage is None else (seed + os.getpid()) % 2**31
         sampler = optuna.samplers.TPESampler(seed=sampler_seed, constant_liar=storage is not None)
     if pruner is None or pruner is True:
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=5)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=15)
     with _quiet_logs(verbose):
         study = optuna.create_study(
             storage=storage,
