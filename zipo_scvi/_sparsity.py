@@ -9,6 +9,7 @@ a sparse (CSR) copy of the first layer's weights when the mask keeps few enough 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -208,8 +209,11 @@ class SparseMaskedLinear(MaskedLinear):
         key = (w._version, m._version, w.data_ptr(), m.data_ptr(), w.device, w.dtype)
         key = (*key, self.max_density)
         if self._csr is None or self._csr[0] != key:
-            dense_enough = self.density() > self.max_density
-            csr = None if dense_enough else (w * m).detach().to_sparse_csr()
+            csr = None
+            if self.density() <= self.max_density:
+                with warnings.catch_warnings():  # torch calls its CSR support "beta"
+                    warnings.filterwarnings("ignore", message="Sparse CSR tensor support")
+                    csr = (w * m).detach().to_sparse_csr()
             self._csr = (key, csr)
         return self._csr[1]
 
