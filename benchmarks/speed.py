@@ -1,0 +1,393 @@
+"""Training speed: ZIPO vs SCVI per epoch, FLOPs against the matmul bound, N vs 2N, sparse RSS.
+
+Usage (from the repository root)::
+
+    python benchmarks/speed.py [--n-cells 4000] [--n-genes 2000] [--epochs 5]
+
+Measured in one run on one machine (BENCHMARKS.md, "Speed and scale"):
+
+1. Time per training epoch and cells per second of ZIPO (default and paper presets) and of
+   scvi-tools SCVI on the same simulated data, with the same batch size (timed from the start
+   of an epoch to the end of its last training step, so validation is not counted; the first
+   epoch is dropped; median of the rest).
+2. The FLOPs of one training step (forward and backward of every linear layer; the first layer
+   needs no input gradient) divided by the step time, against torch's own dense matmul
+   throughput for exactly those shapes measured here, now: ``epoch / bound`` says how close
+   training gets to the machine's limit. A plain-torch step of the same module (no Lightning,
+   no data loader) separates the framework's overhead from the model's.
+3. Time per epoch at N and 2N cells.
+4. Peak RSS while training on sparse input (``load_sparse_tensor=True``) and on the default
+   dense minibatches, each in its own process, against the size of the CSR matrix.
+
+Uses torch's default threads (the machine is shared: the load average is recorded). Writes
+``benchmarks/results/speed/table.md``, ``speed.json`` and a figure, and the README section
+between ``<!-- BEGIN:speed -->`` and ``<!-- END:speed -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._harness import REPO, SIM_DEFAULTS, machine_info, update_readme_section
+
+OUT = REPO / "benchmarks/results/speed"
+BATCH = 256
+
+
+def _quiet() -> None:
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("scvi").setLevel(logging.ERROR)
+
+
+def _simulate(n_cells: int, n_genes: int, seed: int = 0):
+    from zipo_scvi.data import simulate_counts
+
+    sim = {**SIM_DEFAULTS, "n_cells": n_cells, "n_genes": n_genes}
+    adata = simulate_counts(**sim, seed=seed)
+    del adata.layers["true_rate"]
+    return adata
+
+
+def _epoch_timer():
+    from lightning.pytorch.callbacks import Callback
+
+    class EpochTimer(Callback):
+        """Seconds from each training epoch's start to the end of its last training step."""
+
+        def __init__(self):
+            self.start, self.last, self.times, self.steps = 0.0, 0.0, [], 0
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.start = self.last = time.perf_counter()
+            self.steps = 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.last = time.perf_counter()
+            self.steps += 1
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.times.append(self.last - self.start)
+
+    return EpochTimer()
+
+
+def build_model(kind: str, adata, **kw):
+    """A ZIPO (``"zipo"``/``"zipo_paper"``) or SCVI (``"scvi"``) model on ``adata``."""
+    if kind.startswith("zipo"):
+        from zipo_scvi import ZIPO
+
+        ZIPO.setup_anndata(adata)
+        return ZIPO(adata, preset="paper" if kind == "zipo_paper" else "default", seed=0, **kw)
+    from scvi.model import SCVI
+
+    SCVI.setup_anndata(adata)
+    return SCVI(adata, **kw)
+
+
+def time_epochs(kind: str, adata, epochs: int, sparse: bool = False, **kw) -> dict:
+    """Median training-epoch time (epochs after the first) and cells per second."""
+    model = build_model(kind, adata, **kw)
+    timer = _epoch_timer()
+    model.train(
+        max_epochs=epochs,
+        batch_size=BATCH,
+        early_stopping=False,
+        enable_progress_bar=False,
+        load_sparse_tensor=sparse,
+        callbacks=[timer],
+    )
+    n_train = len(model.train_indices)
+    epoch = statistics.median(timer.times[1:] or timer.times)
+    return {
+        "epoch_s": epoch,
+        "cells_per_s": n_train / epoch,
+        "steps": timer.steps,
+        "n_train": n_train,
+        "epoch_times": timer.times,
+        "model": model,
+    }
+
+
+def linear_shapes(module) -> list[tuple[int, int, bool]]:
+    """``(in, out, needs_input_grad)`` of every linear layer, in registration order."""
+    from torch import nn
+
+    shapes, first = [], True
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            shapes.append((layer.in_features, layer.out_features, not first))
+            first = False
+    return shapes
+
+
+def step_flops(shapes, batch: int) -> float:
+    """Matmul FLOPs of one training step: forward 2BIO, weight grad 2BIO, input grad 2BIO."""
+    return float(sum(2 * batch * i * o * (3 if grad else 2) for i, o, grad in shapes))
+
+
+def matmul_step_seconds(shapes, batch: int, reps: int = 30) -> float:
+    """Torch's time for exactly the matmuls of one step (dense, float32), median of reps."""
+    import torch
+
+    tensors = [
+        (torch.randn(batch, i), torch.randn(o, i), torch.randn(batch, o), grad)
+        for i, o, grad in shapes
+    ]
+
+    def once():
+        for x, w, dy, grad in tensors:
+            x @ w.t()
+            dy.t() @ x
+            if grad:
+                dy @ w
+
+    once()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def pure_step_seconds(module, x, reps: int = 20) -> float:
+    """A plain-torch Adam step of the module on one dense minibatch (no Lightning, no loader)."""
+    import torch
+
+    module.train()
+    opt = torch.optim.Adam(module.parameters(), lr=1e-4)
+    tensors = {"X": x}
+
+    def once():
+        inference = module.inference(**module._get_inference_input(tensors))
+        generative = module.generative(**module._get_generative_input(tensors, inference))
+        loss = module.loss(tensors, inference, generative).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        once()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _rss_child(args) -> None:
+    """Subprocess: train ZIPO on a sparse AnnData and report peak RSS around training."""
+    import resource
+
+    import psutil
+    import scipy.sparse as sp
+
+    _quiet()
+    adata = _simulate(args.rss_cells, args.n_genes)
+    assert sp.issparse(adata.X)
+    csr_mb = (adata.X.data.nbytes + adata.X.indices.nbytes + adata.X.indptr.nbytes) / 2**20
+    model = build_model("zipo", adata)
+    base = psutil.Process().memory_info().rss / 2**20
+    start = time.perf_counter()
+    model.train(
+        max_epochs=2,
+        batch_size=BATCH,
+        early_stopping=False,
+        enable_progress_bar=False,
+        load_sparse_tensor=args.sparse,
+    )
+    out = {
+        "sparse_loader": bool(args.sparse),
+        "n_cells": args.rss_cells,
+        "n_genes": args.n_genes,
+        "csr_mb": csr_mb,
+        "dense_mb": adata.n_obs * adata.n_vars * 4 / 2**20,
+        "rss_before_train_mb": base,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "seconds_2_epochs": time.perf_counter() - start,
+    }
+    print("RSS_JSON " + json.dumps(out))
+
+
+def measure_rss(n_cells: int, n_genes: int, sparse: bool) -> dict:
+    cmd = [sys.executable, str(Path(__file__)), "--rss-child", "--rss-cells", str(n_cells)]
+    cmd += ["--n-genes", str(n_genes)] + (["--sparse"] if sparse else [])
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RSS_JSON "):
+            return json.loads(line[len("RSS_JSON ") :])
+    return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1], "sparse_loader": sparse}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-cells", type=int, default=4000)
+    parser.add_argument("--n-genes", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--rss-cells", type=int, default=20000)
+    parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sparse", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-readme", action="store_true")
+    args = parser.parse_args(argv)
+    if args.rss_child:
+        _rss_child(args)
+        return
+    _quiet()
+    import torch
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()[0]
+    started = time.perf_counter()
+    n, g = args.n_cells, args.n_genes
+    adata = _simulate(n, g)
+    results: dict = {"n_cells": n, "n_genes": g, "batch_size": BATCH, "models": {}}
+
+    def log(msg):
+        print(msg, flush=True)
+
+    for kind in ("zipo", "zipo_paper", "scvi"):
+        for sparse in (False, True) if kind == "zipo" else (False,):
+            label = kind + (" sparse" if sparse else "")
+            res = time_epochs(kind, adata.copy(), args.epochs, sparse=sparse)
+            module = res.pop("model").module
+            shapes = linear_shapes(module)
+            flops = step_flops(shapes, BATCH)
+            matmul = matmul_step_seconds(shapes, BATCH)
+            x = torch.tensor(adata.X[:BATCH].toarray())
+            pure = pure_step_seconds(module, x) if kind.startswith("zipo") else float("nan")
+            full_steps = res["n_train"] / BATCH
+            res.update(
+                {
+                    "step_gflop": flops / 1e9,
+                    "matmul_step_s": matmul,
+                    "matmul_gflops": flops / matmul / 1e9,
+                    "bound_epoch_s": matmul * full_steps,
+                    "pure_step_s": pure,
+                    "pure_epoch_s": pure * full_steps,
+                    "achieved_gflops": flops * full_steps / res["epoch_s"] / 1e9,
+                }
+            )
+            res["epoch_over_bound"] = res["epoch_s"] / res["bound_epoch_s"]
+            results["models"][label] = res
+            log(f"{label}: {json.dumps({k: v for k, v in res.items() if k != 'epoch_times'})}")
+
+    scaling = {}
+    for cells in (n, 2 * n):
+        data = adata if cells == n else _simulate(cells, g, seed=1)
+        scaling[cells] = time_epochs("zipo", data.copy(), args.epochs)["epoch_s"]
+        log(f"scaling {cells} cells: {scaling[cells]:.3f} s/epoch")
+    results["scaling"] = {"N": n, "epoch_N": scaling[n], "epoch_2N": scaling[2 * n]}
+    results["scaling"]["ratio"] = scaling[2 * n] / scaling[n]
+
+    results["rss"] = [measure_rss(args.rss_cells, g, sparse) for sparse in (True, False)]
+    log(f"rss: {results['rss']}")
+    machine = machine_info()
+    machine["load_avg_start"] = f"{load_start:.2f}"
+    machine["torch_threads"] = str(torch.get_num_threads())
+    results["machine"] = machine
+    results["minutes"] = (time.perf_counter() - started) / 60
+    results["date"] = dt.date.today().isoformat()
+    (OUT / "speed.json").write_text(json.dumps(results, indent=1, default=float))
+    body = report(results, argv if argv is not None else sys.argv[1:])
+    (OUT / "table.md").write_text("# Training speed\n\n" + body)
+    figure(results, OUT / "speed.png")
+    print(body)
+    if not args.no_readme:
+        update_readme_section(REPO / "README.md", "speed", "## Training speed\n\n" + body)
+
+
+def report(results: dict, argv) -> str:
+    m = results["machine"]
+    lines = [
+        f"Generated by `python benchmarks/speed.py {' '.join(argv)}`".rstrip() + "` on "
+        f"{results['date']} ({results['minutes']:.0f} min): {m['cpu']}, {m['cores']} cores "
+        f"shared with other jobs (load average {m['load_avg_start']} at the start, "
+        f"{m['load_avg_1min']} at the end: timings are noisy and only ratios measured in this "
+        f"run mean much), torch {m['torch']} with {m['torch_threads']} threads. Simulated data "
+        f"{results['n_cells']} cells x {results['n_genes']} genes, batch {results['batch_size']}"
+        "; epoch = training steps only (validation excluded), median after the first epoch.",
+        "",
+        "| model | s / epoch | cells / s | GFLOP / step | matmul bound s / epoch "
+        "| epoch / bound | plain-torch step s / epoch | achieved GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    names = {
+        "zipo": "ZIPO default",
+        "zipo sparse": "ZIPO default, sparse loader",
+        "zipo_paper": "ZIPO paper preset",
+        "scvi": "scVI (defaults)",
+    }
+    for key, r in results["models"].items():
+        pure = f"{r['pure_epoch_s']:.2f}" if np.isfinite(r["pure_epoch_s"]) else ""
+        lines.append(
+            f"| {names.get(key, key)} | {r['epoch_s']:.2f} | {r['cells_per_s']:.0f} | "
+            f"{r['step_gflop']:.3f} | {r['bound_epoch_s']:.2f} | {r['epoch_over_bound']:.2f} | "
+            f"{pure} | {r['achieved_gflops']:.1f} |"
+        )
+    s = results["scaling"]
+    lines += [
+        "",
+        f"Growth with cells (ZIPO default): {s['epoch_N']:.2f} s per epoch at {s['N']} cells, "
+        f"{s['epoch_2N']:.2f} s at {2 * s['N']}: ratio **{s['ratio']:.2f}** (goal 1.9-2.1).",
+        "",
+        "| peak RSS, ZIPO training | cells | CSR size (MB) | dense size (MB) "
+        "| RSS before training (MB) | peak RSS (MB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results["rss"]:
+        loader = "sparse minibatches" if r.get("sparse_loader") else "dense minibatches"
+        if "error" in r:
+            lines.append(f"| {loader} | failed: {r['error']} | | | | |")
+            continue
+        lines.append(
+            f"| {loader} | {r['n_cells']} | {r['csr_mb']:.0f} | {r['dense_mb']:.0f} | "
+            f"{r['rss_before_train_mb']:.0f} | {r['peak_rss_mb']:.0f} |"
+        )
+    lines += ["", "![speed](benchmarks/results/speed/speed.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def figure(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = results["models"]
+    labels = list(models)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    x = np.arange(len(labels))
+    axes[0].bar(x - 0.2, [models[k]["epoch_s"] for k in labels], 0.4, label="measured epoch")
+    axes[0].bar(x + 0.2, [models[k]["bound_epoch_s"] for k in labels], 0.4, label="matmul bound")
+    axes[0].set_xticks(x, labels, fontsize=8)
+    axes[0].set_ylabel("seconds per epoch")
+    axes[0].legend(fontsize=8)
+    s = results["scaling"]
+    axes[1].plot([s["N"], 2 * s["N"]], [s["epoch_N"], s["epoch_2N"]], "o-", label="ZIPO")
+    axes[1].plot([s["N"], 2 * s["N"]], [s["epoch_N"], 2 * s["epoch_N"]], "k--", label="x2")
+    axes[1].set_xlabel("cells")
+    axes[1].set_ylabel("seconds per epoch")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
