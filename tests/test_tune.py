@@ -139,6 +139,9 @@ def test_mcv_objective_runs(small):
     model.train(seed=0, **settings["train_kwargs"], enable_progress_bar=False)
     denoised = model.get_normalized_expression(library_size="latent", return_numpy=True)
     assert mcv_poisson(denoised, train.X, held_out) == pytest.approx(study.best_value, rel=1e-4)
+    assert study.best_trial.user_attrs["mcv_mse"] == pytest.approx(
+        log_normalised_mse(denoised, held_out), rel=1e-4
+    )
 
 
 def test_compare_seeds_table_summary_and_plot(small):
