@@ -4,8 +4,9 @@ A settings file holds, at the top level or in the tables ``[setup]``, ``[model]`
 and ``[run]``, the arguments of :meth:`ZIPO.setup_anndata <zipo_scvi.ZIPO.setup_anndata>`, the
 module hyperparameters of :mod:`zipo_scvi._defaults` (plus ``preset``), the arguments of
 :meth:`ZIPO.train <zipo_scvi.ZIPO.train>` (plus the preset's schedule and stopping settings), and
-the command line's own ``threads`` and ``transpose``; ``zipo tune`` also reads a ``[search]``
-table (``name = [kind, ...]``, see :func:`zipo_scvi.tune`). Precedence: preset < file < flags.
+the command line's own ``threads``, ``transpose`` and ``backed``; ``zipo tune`` also reads a
+``[search]`` table (``name = [kind, ...]``, see :func:`zipo_scvi.tune`). Precedence: preset <
+file < flags.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ._defaults import preset as get_preset
 GROUPS = ("run", "setup", "model", "train")
 
 #: Settings of the command line itself (not arguments of ZIPO).
-RUN_TYPES: dict[str, Any] = {"threads": int, "transpose": bool}
+RUN_TYPES: dict[str, Any] = {"threads": int, "transpose": bool, "backed": bool}
 
 #: Preset training settings that ``ZIPO.train`` takes through ``plan_kwargs``.
 PLAN_KEYS = ("lr_decay", "lr_floor", "lr_patience", "lr_threshold", "lr_factor", "weight_decay")

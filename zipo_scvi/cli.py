@@ -62,7 +62,11 @@ def settings_path(output: str | os.PathLike) -> Path:
 def _flag_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The settings given as flags (``None`` where a flag was not given)."""
     return {
-        "run": {"threads": args.threads, "transpose": args.transpose},
+        "run": {
+            "threads": args.threads,
+            "transpose": args.transpose,
+            "backed": getattr(args, "backed", None),
+        },
         "setup": {
             "layer": args.layer,
             "batch_key": args.batch_key,
@@ -74,14 +78,16 @@ def _flag_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     }
 
 
-def _check_input(args: argparse.Namespace) -> None:
+def _check_input(args: argparse.Namespace) -> str | None:
+    """The input's format (``None`` for the embedded simulation); a bad path is a user error."""
     from .data import InputError, detect_format
 
-    if args.input is not None:
-        try:
-            detect_format(args.input)
-        except InputError as err:
-            raise UserError(str(err)) from err
+    if args.input is None:
+        return None
+    try:
+        return detect_format(args.input)
+    except InputError as err:
+        raise UserError(str(err)) from err
 
 
 def _check_outputs(args: argparse.Namespace, paths: dict[str, Path], source: Path | None):
@@ -142,12 +148,12 @@ def _setup(adata, setup_kwargs: dict[str, Any]) -> None:
         raise UserError(_first_line(err)) from err
 
 
-def _save_model(model, path: Path) -> None:
-    """Save the model and its data through a temporary folder (no half-written folder)."""
+def _save_model(model, path: Path, save_anndata: bool = True) -> None:
+    """Save the model (and its data) through a temporary folder (no half-written folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        model.save(str(tmp), overwrite=True, save_anndata=True)
+        model.save(str(tmp), overwrite=True, save_anndata=save_anndata)
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
@@ -167,8 +173,46 @@ def _history(model) -> dict[str, list[float]]:
     return {key: [float(v) for v in frame.iloc[:, 0]] for key, frame in model.history.items()}
 
 
+def _read_backed(args: argparse.Namespace, fmt: str | None):
+    """Open an .h5ad input backed (counts stay on disk); see :func:`zipo_scvi.read_backed`."""
+    from ._scale import read_backed
+    from .data import InputError
+    from .data._io import _require_hdf5
+
+    if fmt != "h5ad":
+        raise UserError("--backed needs an .h5ad INPUT")
+    if args.tsv_dir or args.report:
+        raise UserError("--tsv-dir and --report need the outputs in memory; drop --backed")
+    try:
+        _require_hdf5(Path(args.input), "an .h5ad file")
+        return read_backed(args.input), str(Path(args.input).resolve()) + " (backed)"
+    except InputError as err:
+        raise UserError(str(err)) from err
+    except (OSError, ValueError, KeyError) as err:
+        detail = _first_line(err)
+        raise UserError(f"{args.input!r} is not a readable .h5ad file ({detail})") from err
+
+
+def _wants_backed(args: argparse.Namespace, fmt: str | None, settings: dict) -> bool:
+    """--backed, or an .h5ad whose counts would take over a quarter of the memory."""
+    if settings["run"].get("backed"):
+        return True
+    if fmt != "h5ad" or args.tsv_dir or args.report:
+        return False
+    from ._scale import BACKED_MEMORY_FRACTION, should_read_backed
+
+    try:
+        big = should_read_backed(args.input, layer=settings["setup"].get("layer"))
+    except Exception:  # not a readable .h5ad: the reader says why
+        return False
+    if big:
+        share = f"{BACKED_MEMORY_FRACTION:.0%}"
+        _say(args, f"the counts take over {share} of the memory: reading them backed")
+    return big
+
+
 def _denoise(args: argparse.Namespace) -> int:
-    _check_input(args)
+    fmt = _check_input(args)
     out = Path(args.output)
     if out.suffix != ".h5ad":
         raise UserError(f"output {str(out)!r} must end in .h5ad")
@@ -191,7 +235,11 @@ def _denoise(args: argparse.Namespace) -> int:
     except ConfigError as err:
         raise UserError(str(err)) from err
     _set_threads(settings["run"])
-    adata, source = _read(args, settings["run"].get("transpose", False))
+    backed = _wants_backed(args, fmt, settings)
+    if backed:
+        adata, source = _read_backed(args, fmt)
+    else:
+        adata, source = _read(args, settings["run"].get("transpose", False))
     _say(args, f"read {adata.n_obs} cells x {adata.n_vars} genes from {source}")
     _setup(adata, settings["setup"])
     try:
@@ -203,18 +251,8 @@ def _denoise(args: argparse.Namespace) -> int:
     epochs = len(model.history["train_loss"])
 
     if "--save-model" in paths:
-        _save_model(model, paths["--save-model"])
-    adata.layers["zipo_denoised"] = model.get_normalized_expression(
-        library_size="latent", return_numpy=True
-    )
-    params = model.get_likelihood_parameters()
-    # Poisson and NB have no zero inflation: their zero probability is exactly 0.
-    adata.layers["zipo_zero_prob"] = params.get("zero_prob", np.zeros_like(params["rate"]))
-    if "dispersion" in params:
-        adata.layers["zipo_dispersion"] = params["dispersion"]
-    adata.obs["zipo_library"] = params["library"]
-    adata.obsm["X_zipo"] = model.get_latent_representation()
-    adata.uns["zipo"] = {
+        _save_model(model, paths["--save-model"], save_anndata=not backed)
+    uns = {
         "settings": {group: values for group, values in settings.items() if values},
         "history": _history(model),
         "epochs_trained": epochs,
@@ -228,6 +266,22 @@ def _denoise(args: argparse.Namespace) -> int:
         f"command: {_command(args)}",
         f"input: {source}",
     ]
+    if backed:  # outputs streamed to the file block by block, never whole in memory
+        model.write_normalized_expression(str(out), uns={"zipo": uns})
+        write_text_atomic(dump_toml(settings, header), paths["--output (settings)"])
+        _say(args, f"trained {epochs} epochs; wrote {', '.join(map(str, paths.values()))}")
+        return EXIT_OK
+    adata.layers["zipo_denoised"] = model.get_normalized_expression(
+        library_size="latent", return_numpy=True
+    )
+    params = model.get_likelihood_parameters()
+    # Poisson and NB have no zero inflation: their zero probability is exactly 0.
+    adata.layers["zipo_zero_prob"] = params.get("zero_prob", np.zeros_like(params["rate"]))
+    if "dispersion" in params:
+        adata.layers["zipo_dispersion"] = params["dispersion"]
+    adata.obs["zipo_library"] = params["library"]
+    adata.obsm["X_zipo"] = model.get_latent_representation()
+    adata.uns["zipo"] = uns
     write_h5ad_atomic(adata, out)
     write_text_atomic(dump_toml(settings, header), paths["--output (settings)"])
     if "--tsv-dir" in paths:
@@ -445,6 +499,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write DCA-style mean.tsv, dropout.tsv, dispersion.tsv (NB), latent.tsv",
     )
     d.add_argument("--report", metavar="DIR", help="write PNG plots (history, UMAP, ...)")
+    d.add_argument(
+        "--backed",
+        action="store_true",
+        default=None,
+        help=".h5ad counts stay on disk and outputs are written in blocks (automatic when the "
+        "counts would take over a quarter of the memory)",
+    )
     d.set_defaults(func=_denoise)
 
     t = sub.add_parser(

@@ -158,7 +158,11 @@ def embedding(
         sc.tl.umap(light, random_state=seed)
     else:
         perplexity = max(2.0, min(30.0, (adata.n_obs - 1) / 3))
-        sc.tl.tsne(light, use_rep=use_rep, perplexity=perplexity, random_state=seed)
+        # scikit-learn's "auto" rate; scanpy's fixed 1000 scatters small data sets
+        rate = max(adata.n_obs / 12.0 / 4.0, 50.0)
+        sc.tl.tsne(
+            light, use_rep=use_rep, perplexity=perplexity, learning_rate=rate, random_state=seed
+        )
     fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.subplots()
     sc.pl.embedding(light, basis=basis, color=color, ax=ax, show=False, frameon=False)
