@@ -1,6 +1,6 @@
 """zipo_scvi: ZiPo, a deep zero-inflated Poisson autoencoder for scRNA-seq, in scvi-tools."""
 
-from . import data
+from . import data, pl
 from ._defaults import preset
 from ._model import ZIPO
 from ._module import ZiPoModule
@@ -16,6 +16,7 @@ __all__ = [
     "best_settings",
     "compare_seeds",
     "data",
+    "pl",
     "preset",
     "read_backed",
     "tune",
