@@ -267,3 +267,14 @@ def test_load_from_a_folder_without_a_model_is_a_clear_error(adata, tmp_path, co
     ZIPO.setup_anndata(adata)
     with pytest.raises(ValueError, match="does not hold a saved ZIPO model"):
         ZIPO.load(folder, adata=adata)
+
+
+def test_latent_noise_only_while_training():
+    module = ZiPoModule(30, encoder_sizes=(16, 4), latent_noise=0.3)
+    x = torch.poisson(torch.full((20, 30), 3.0))
+    module.train()
+    torch.manual_seed(0)
+    first, second = module.inference(x)["z"], module.inference(x)["z"]
+    assert not torch.allclose(first, second)
+    module.eval()
+    torch.testing.assert_close(module.inference(x)["z"], module.inference(x)["z"])

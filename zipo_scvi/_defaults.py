@@ -20,6 +20,7 @@ PAPER_MODULE: MappingProxyType = MappingProxyType(
         "norm_order": "act_bn",  # II-C: Linear -> activation -> BatchNorm
         "input_transform": "log1p",  # encoder input only; the likelihood sees raw counts
         "input_dropout": 0.0,
+        "latent_noise": 0.0,
         "decoder_sizes": (),  # III-B: a linear decoder
         "library_sizes": (16, 4),  # II-G
         "likelihood": "zip",  # II

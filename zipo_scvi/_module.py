@@ -55,6 +55,10 @@ class ZiPoModule(BaseModuleClass):
         scaled to 1e4 per cell). The likelihood always sees raw counts.
     input_dropout
         Dropout on the encoder input while training (a denoising autoencoder).
+    latent_noise
+        While training, add Gaussian noise with this standard deviation, relative to each
+        latent's minibatch standard deviation, to the latents (a stochastic bottleneck that
+        keeps the decoder from reproducing counting noise; 0 disables it).
     decoder_sizes
         Hidden decoder blocks before the heads (empty: linear decoder).
     library_sizes
@@ -88,6 +92,7 @@ class ZiPoModule(BaseModuleClass):
         norm_order: str = _P["norm_order"],
         input_transform: str = _P["input_transform"],
         input_dropout: float = _P["input_dropout"],
+        latent_noise: float = _P["latent_noise"],
         decoder_sizes: Sequence[int] = _P["decoder_sizes"],
         library_sizes: Sequence[int] = _P["library_sizes"],
         likelihood: str = _P["likelihood"],
@@ -110,6 +115,7 @@ class ZiPoModule(BaseModuleClass):
         self.n_covariates = n_cov
 
         self.input_dropout = nn.Dropout(input_dropout)
+        self.latent_noise = latent_noise
         self.encoder = Encoder(
             n_input, encoder_sizes, residuals, activation, batch_norm, norm_order
         )
@@ -158,6 +164,8 @@ class ZiPoModule(BaseModuleClass):
         if self.training and self.input_dropout.p > 0:
             h = self.input_dropout(dense_input(h))
         u = self.encoder(h)
+        if self.training and self.latent_noise > 0 and u.shape[0] > 1:
+            u = u + self.latent_noise * u.detach().std(dim=0) * torch.randn_like(u)
         if n_samples > 1:
             u = u.unsqueeze(0).expand(n_samples, *u.shape)
         return {"z": u}
