@@ -667,9 +667,10 @@ def _main(argv: list[str] | None = None) -> None:
 
     warnings.filterwarnings("ignore")
     import anndata
-    import torch
 
-    if args.threads is not None:
+    if args.threads is not None and args.method not in ("none", "magic"):
+        import torch
+
         torch.set_num_threads(args.threads)
     import logging
 

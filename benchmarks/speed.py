@@ -201,6 +201,92 @@ def pure_step_seconds(module, x, reps: int = 20) -> float:
     return statistics.median(times)
 
 
+def _cpu_ms(fn, reps: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    start = time.process_time()
+    for _ in range(reps):
+        fn()
+    return (time.process_time() - start) / reps * 1000
+
+
+def breakdown(adata, compile_loss: bool = False) -> dict:
+    """Where the CPU time of one ZIPO default training step goes (milliseconds, median-free).
+
+    The pieces are timed separately on the module and a minibatch of the data; the first
+    layer's sparse alternative (torch CSR matmul) is timed at the data's density.
+    """
+    import torch
+
+    from zipo_scvi import ZiPoModule
+    from zipo_scvi._defaults import preset
+    from zipo_scvi._distributions import log_zip
+    from zipo_scvi._module import scale_invariant_penalty
+
+    module_kwargs, _ = preset("default")
+    module_kwargs.pop("data_init")
+    torch.manual_seed(0)
+    module = ZiPoModule(adata.n_vars, **module_kwargs)
+    opt = torch.optim.Adam(module.parameters(), lr=1e-4)
+    x = torch.tensor(adata.X[:BATCH].toarray())
+    tensors = {"X": x}
+
+    def forward():
+        inference = module.inference(x)
+        generative = module.generative(**inference)
+        return module.loss(tensors, inference, generative).loss
+
+    def forward_backward():
+        opt.zero_grad(set_to_none=True)
+        forward().backward()
+
+    def step():
+        forward_backward()
+        opt.step()
+
+    def no_grad_forward():
+        with torch.no_grad():
+            forward()
+
+    log_rate = torch.randn(x.shape, requires_grad=True)
+    logit_z = torch.randn(x.shape, requires_grad=True)
+
+    def loss_only(fn=log_zip):
+        (-fn(x, log_rate, logit_z).sum()).backward()
+
+    weight = module.encoder.first.weight
+
+    def penalty():
+        scale_invariant_penalty(weight).backward()
+
+    shapes = linear_shapes(module)
+    hidden = module.encoder.first.out_features
+    w = torch.randn(hidden, adata.n_vars)
+    dy = torch.randn(BATCH, hidden)
+    csr = x.to_sparse_csr()
+    out = {
+        "step_ms": _cpu_ms(step),
+        "forward_backward_ms": _cpu_ms(forward_backward),
+        "forward_ms": _cpu_ms(no_grad_forward),
+        "loss_fwd_bwd_ms": _cpu_ms(loss_only),
+        "penalty_fwd_bwd_ms": _cpu_ms(penalty),
+        "matmul_ms": matmul_step_seconds(shapes, BATCH) * 1000,
+        "first_dense_ms": _cpu_ms(lambda: (x @ w.t(), dy.t() @ x)),
+        "first_csr_ms": _cpu_ms(
+            lambda: (torch.sparse.mm(csr, w.t()), torch.sparse.mm(csr.t().to_sparse_csr(), dy))
+        ),
+        "density": float(csr.values().numel() / x.numel()),
+    }
+    out["adam_ms"] = out["step_ms"] - out["forward_backward_ms"]
+    if compile_loss:
+        start = time.perf_counter()
+        compiled = torch.compile(log_zip, dynamic=False)
+        loss_only(compiled)
+        out["compile_s"] = time.perf_counter() - start
+        out["loss_compiled_ms"] = _cpu_ms(lambda: loss_only(compiled))
+    return out
+
+
 def _rss_child(args) -> None:
     """Subprocess: train ZIPO on a sparse AnnData and report peak RSS around training."""
     import anndata
@@ -254,6 +340,9 @@ def main(argv=None) -> None:
     parser.add_argument("--sparse", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rss-input", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--compile-loss", action="store_true", help="also time torch.compile of the ZIP loss"
+    )
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args(argv)
     import torch
@@ -299,6 +388,9 @@ def main(argv=None) -> None:
             res["epoch_over_bound"] = res["epoch_s"] / res["bound_epoch_s"]
             results["models"][label] = res
             log(f"{label}: {json.dumps({k: v for k, v in res.items() if k != 'epoch_times'})}")
+
+    results["breakdown"] = breakdown(adata, compile_loss=args.compile_loss)
+    log(f"breakdown: {results['breakdown']}")
 
     scaling = {}
     for cells in (n, 2 * n):
@@ -362,6 +454,25 @@ def report(results: dict, argv) -> str:
             f"**{r['epoch_over_bound']:.2f}** | {pure} | {r['achieved_gflops']:.1f} | "
             f"{r['matmul_gflops']:.1f} |"
         )
+    b = results["breakdown"]
+    lines += [
+        "",
+        f"Where a ZIPO default step goes (CPU ms, one minibatch of {results['batch_size']} "
+        f"cells): full step {b['step_ms']:.1f} = forward + backward "
+        f"{b['forward_backward_ms']:.1f} + Adam {b['adam_ms']:.1f}; of which the ZIP "
+        f"likelihood (forward + backward, elementwise over cells x genes) "
+        f"{b['loss_fwd_bwd_ms']:.1f}, the alpha_w penalty {b['penalty_fwd_bwd_ms']:.1f}; all "
+        f"matmuls of the step {b['matmul_ms']:.1f}. First layer forward + weight gradient: "
+        f"dense {b['first_dense_ms']:.1f} ms, torch CSR {b['first_csr_ms']:.1f} ms at the "
+        f"data's density {100 * b['density']:.0f}% (sparse input does not pay here)."
+        + (
+            f" `torch.compile` of the likelihood: {b['loss_compiled_ms']:.1f} ms instead of "
+            f"{b['loss_fwd_bwd_ms']:.1f} after {b['compile_s']:.0f} s of compiling (results "
+            "differ in the last float32 digits)."
+            if "loss_compiled_ms" in b
+            else ""
+        ),
+    ]
     s = results["scaling"]
     lines += [
         "",

@@ -128,5 +128,6 @@ def test_run_method_isolated_reports_time_memory_and_errors():
     assert res["denoised"].shape == train.shape
     assert res["peak_rss_mb"] > 10 and res["seconds"] >= 0
     assert res["info"]["label"].startswith("none")
-    failed = run_method("zipo", train, seed=0, output="nonsense")
-    assert "error" in failed and "output" in failed["error"]
+    failed = run_method("none", train, seed=0, not_an_argument=1)
+    assert "denoised" not in failed
+    assert "not_an_argument" in failed["error"] or "not_an_argument" in failed["stderr"]
