@@ -41,7 +41,7 @@ def test_missing_layer(adata):
     "kwargs",
     [
         {"batch_key": "sample"},
-        {"categorical_covariate_keys": ["donor"]},
+        {"categorical_covariate_keys": ["donor_id"]},
         {"continuous_covariate_keys": ["pct_ribo"]},
     ],
 )

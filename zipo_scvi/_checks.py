@@ -63,3 +63,30 @@ def check_counts(adata: AnnData, layer: str | None = None) -> None:
             raise ValueError(
                 f"{where} holds non-integer values (e.g. {frac[0]:g}); ZIPO needs raw counts."
             )
+
+
+def check_obs_keys(
+    adata: AnnData,
+    batch_key: str | None = None,
+    categorical_covariate_keys: list[str] | None = None,
+    continuous_covariate_keys: list[str] | None = None,
+) -> None:
+    """Raise ``ValueError`` if a covariate column is missing or a continuous one is not finite.
+
+    Parameters
+    ----------
+    adata
+        The data.
+    batch_key, categorical_covariate_keys, continuous_covariate_keys
+        ``adata.obs`` columns, as given to ``ZIPO.setup_anndata``.
+    """
+    keys = [batch_key, *(categorical_covariate_keys or []), *(continuous_covariate_keys or [])]
+    missing = [k for k in keys if k is not None and k not in adata.obs]
+    if missing:
+        raise ValueError(
+            f"Key(s) {missing} not found in adata.obs (available: {list(adata.obs.columns)})."
+        )
+    for key in continuous_covariate_keys or []:
+        values = np.asarray(adata.obs[key], dtype=float)
+        if not np.isfinite(values).all():
+            raise ValueError(f"Continuous covariate {key!r} holds NaN or infinite values.")

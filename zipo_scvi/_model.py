@@ -22,7 +22,7 @@ from scvi.data.fields import (
 )
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
-from ._checks import check_counts
+from ._checks import check_counts, check_obs_keys
 from ._defaults import preset as get_preset
 from ._module import ZiPoModule
 from ._scale import check_saved_genes
@@ -178,16 +178,7 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
         >>> ZIPO.setup_anndata(adata, batch_key="batch")
         """
         check_counts(adata, layer)
-        keys = [batch_key, *(categorical_covariate_keys or []), *(continuous_covariate_keys or [])]
-        missing = [k for k in keys if k is not None and k not in adata.obs]
-        if missing:
-            raise ValueError(
-                f"Key(s) {missing} not found in adata.obs (available: {list(adata.obs.columns)})."
-            )
-        for key in continuous_covariate_keys or []:
-            values = np.asarray(adata.obs[key], dtype=float)
-            if not np.isfinite(values).all():
-                raise ValueError(f"Continuous covariate {key!r} holds NaN or infinite values.")
+        check_obs_keys(adata, batch_key, categorical_covariate_keys, continuous_covariate_keys)
         setup_method_args = cls._get_setup_method_args(**locals())
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
