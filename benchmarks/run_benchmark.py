@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import inspect
 import json
 import sys
 import time
@@ -88,20 +89,58 @@ def load_dataset(name: str, n_cells: int, n_genes: int, sim_seed: int = 0):
         raise SystemExit(
             f"Unknown dataset {name!r}: 'sim', an .h5ad path or {list(REAL_DATASETS)}"
         )
-    adata = REAL_DATASETS[name]()
+    loader = REAL_DATASETS[name]
+    # sdist datasets are fetched once with pip (an ordinary registry client) into a cache
+    kwargs = {"download": True} if "download" in inspect.signature(loader).parameters else {}
+    adata = loader(**kwargs)
     src = adata.uns.get("source", {})
-    label_key = next((k for k in ("cell_type", "label", "group") if k in adata.obs), None)
+    label_key = next(
+        (k for k in ("cell_type", "label", "group", "species") if k in adata.obs), None
+    )
     return adata, f"{name} ({src.get('origin', 'real UMI counts')})", label_key
 
 
+def top_genes(adata, n_genes: int | None):
+    """Keep the ``n_genes`` genes with the most counts (all if None or already fewer)."""
+    if n_genes is None or adata.n_vars <= n_genes:
+        return adata
+    totals = np.asarray(adata.X.sum(axis=0)).ravel()
+    keep = np.sort(np.argsort(-totals, kind="stable")[:n_genes])
+    return adata[:, keep].copy()
+
+
+def _stem(name: str) -> str:
+    return Path(name).stem if name.endswith(".h5ad") else name
+
+
 def evaluate(
-    adata, dataset: str, methods: dict, seeds, label_key, log, timeout: float, threads: int
+    adata,
+    dataset: str,
+    methods: dict,
+    seeds,
+    label_key,
+    log,
+    timeout: float,
+    threads: int,
+    rows_path: Path,
+    resume: bool = False,
 ) -> list[dict]:
-    rows = []
+    """Run every method on every seed's split; rows are saved after each method."""
+    rows: list[dict] = []
+    done: set = set()
+    if resume and rows_path.exists():
+        old = pd.read_csv(rows_path)
+        old = old[old["error"].isna()] if "error" in old else old
+        rows = old.to_dict("records")
+        done = {(r["method"], int(r["seed"])) for r in rows}
     for seed in seeds:
+        if all((label, seed) in done for label in methods):
+            continue
         train, test = mcv_split(adata, fraction=0.9, seed=seed)
         truth = train.layers["true_rate"] if "true_rate" in train.layers else None
         for label, (runner, kw) in methods.items():
+            if (label, seed) in done:
+                continue
             start = time.perf_counter()
             res = run_method(runner, train, seed=seed, timeout=timeout, threads=threads, **kw)
             row = {"dataset": dataset, "method": label, "seed": seed}
@@ -119,12 +158,11 @@ def evaluate(
                 row["note"] = res["info"].get("label", "")
                 if res["info"].get("reason"):
                     row["note"] += f": {res['info']['reason']}"
+            row["wall_s"] = time.perf_counter() - start
             rows.append(row)
+            pd.DataFrame(rows).to_csv(rows_path, index=False)
             shown = {k: round(v, 5) for k, v in row.items() if isinstance(v, float)}
-            log(
-                f"  {dataset} seed {seed} {label}: {shown or row.get('error')} "
-                f"[{time.perf_counter() - start:.0f} s]"
-            )
+            log(f"  {dataset} seed {seed} {label}: {shown or row.get('error')}")
     return rows
 
 
@@ -183,7 +221,7 @@ def table_markdown(summary: pd.DataFrame, rows: pd.DataFrame, dataset: str) -> s
             cells.append(f"**{text}**" if best.get(m) == method else text)
         epochs = ok_rows.loc[ok_rows["method"] == method, "epochs"].dropna()
         cells.append(f"{epochs.mean():.0f}" if len(epochs) and epochs.mean() > 0 else "")
-        cells.append(str(int(sub.loc[method, "n"])))
+        cells.append(str(int(sub.loc[method, ("n", "")])))
         lines.append("| " + " | ".join(cells) + " |")
     failed = rows[(rows["dataset"] == dataset) & rows.get("error", pd.Series(dtype=str)).notna()]
     for method, group in failed.groupby("method", sort=False):
@@ -244,6 +282,12 @@ def main(argv=None) -> None:
     parser.add_argument("--n-genes", type=int, default=SIM_DEFAULTS["n_genes"])
     parser.add_argument("--only", nargs="+", help="row labels to run (default: all)")
     parser.add_argument(
+        "--top-genes",
+        type=int,
+        default=2000,
+        help="real data: keep this many genes with the most counts (0: all)",
+    )
+    parser.add_argument(
         "--method",
         action="append",
         default=[],
@@ -253,6 +297,12 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep finished rows of rows_<dataset>.csv"
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="rebuild table.md/README from saved rows"
+    )
     args = parser.parse_args(argv)
 
     methods = dict(METHODS)
@@ -264,6 +314,13 @@ def main(argv=None) -> None:
         methods = {k: v for k, v in methods.items() if k in args.only}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        body = build_report(out)
+        (out / "table.md").write_text("# Denoising benchmark\n\n" + body)
+        if not args.no_readme:
+            update_readme_section(REPO / "README.md", "benchmark", "## Benchmark\n\n" + body)
+        print(body)
+        return
     log_file = (out / "log.txt").open("w")
 
     def log(msg: str) -> None:
@@ -271,76 +328,119 @@ def main(argv=None) -> None:
         log_file.write(msg + "\n")
         log_file.flush()
 
-    started = time.perf_counter()
     machine = machine_info()
     dca_reason = dca_unavailable()
     log(f"machine: {machine}; DCA: {dca_reason or 'DCA 0.3.4 venv'}")
-    all_rows, descriptions = [], {}
+    cmd = " ".join(["python benchmarks/run_benchmark.py", *(argv or sys.argv[1:])])
     for name in args.datasets:
+        started = time.perf_counter()
         adata, desc, label_key = load_dataset(name, args.n_cells, args.n_genes)
-        descriptions[name] = f"{desc}; {adata.n_obs} cells x {adata.n_vars} genes"
-        log(f"dataset {name}: {descriptions[name]}")
-        all_rows += evaluate(
-            adata, name, methods, args.seeds, label_key, log, args.timeout, args.threads
+        if name != "sim":
+            adata = top_genes(adata, args.top_genes or None)
+            desc += f"; the {args.top_genes} genes with most counts" if args.top_genes else ""
+            if label_key is not None:  # doublets and the like are not a group
+                keep = ~adata.obs[label_key].astype(str).isin(["doublet", "nan", "unknown"])
+                adata = adata[keep.to_numpy()].copy()
+        desc = f"{desc}; {adata.n_obs} cells x {adata.n_vars} genes"
+        log(f"dataset {name}: {desc}")
+        rows_path = out / f"rows_{_stem(name)}.csv"
+        evaluate(
+            adata,
+            name,
+            methods,
+            args.seeds,
+            label_key,
+            log,
+            args.timeout,
+            args.threads,
+            rows_path,
+            resume=args.resume,
         )
-        pd.DataFrame(all_rows).to_csv(out / "rows.csv", index=False)
-    rows = pd.DataFrame(all_rows)
-    if "error" not in rows:
-        rows["error"] = np.nan
-    summary = summarise(rows)
-    minutes = (time.perf_counter() - started) / 60
-    date = dt.date.today().isoformat()
-    cmd = "python benchmarks/run_benchmark.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
-    parts = [
-        f"Generated by `{cmd.strip()}` on {date} in {minutes:.0f} min: {machine['cpu']}, "
-        f"{machine['cores']} cores (shared; load {machine['load_avg_1min']}), torch "
-        f"{machine['torch']}, scvi-tools {machine.get('scvi-tools', '?')}, "
-        f"{args.threads} thread(s) per method. Mean ± λ·SEM (λ = {ERROR_BAR_LAMBDA:.3f}, "
-        f"paper II-H) over seeds {args.seeds}; each seed re-splits the molecules (90% train) "
-        "and reseeds the method. Bold: best method (excluding `none`).",
-        "",
-        f"Settings: ZIPO (default preset; denoised = mu x observed library, as scVI's) with its "
-        "own training defaults (cap 300 epochs, "
-        f"early stopping); scVI/LDVAE with scvi-tools defaults, cap {PEER_MAX_EPOCHS} epochs "
-        f"(scvi's heuristic below 20k cells) and early stopping on the validation ELBO; MAGIC "
-        "defaults on sqrt of median-normalised counts; DCA 0.3.4 defaults (ZINB, 300 epochs cap"
-        ", its own early stopping) in its own venv. Latent for ARI: each model's latent space; "
-        "PCA (10) for MAGIC and `none`. Time = fit + predict, without imports; peak RSS of the "
-        "method's own process.",
-    ]
-    if dca_reason:
-        parts.append(
-            f"\nDCA could not run here ({dca_reason}); its row is the paper's DCA-like "
-            "ZIPO settings (II-G: ZINB, 128-64-128, log-normalised input)."
-        )
-    figures = []
-    for name in args.datasets:
-        if name not in summary.index.get_level_values(0):
-            continue
-        fig_path = out / f"benchmark_{Path(name).stem}.png"
-        figure(summary, name, fig_path)
-        figures.append(fig_path)
-        rank = ranks(summary, name)
-        rank_text = ", ".join(f"{METRICS[m][0]} {r}" for m, r in rank.items())
-        parts += [
-            "",
-            f"### {name}: {descriptions[name]}",
-            "",
-            f"ZIPO's rank (1 = best, all rows): {rank_text}.",
-            "",
-            table_markdown(summary, rows, name),
-            "",
-            f"![{name}]({fig_path.relative_to(REPO).as_posix()})",
-        ]
-    body = "\n".join(parts) + "\n"
+        meta = {
+            "dataset": name,
+            "description": desc,
+            "command": cmd,
+            "date": dt.date.today().isoformat(),
+            "minutes": (time.perf_counter() - started) / 60,
+            "seeds": args.seeds,
+            "threads": args.threads,
+            "dca": dca_reason,
+            "machine": machine,
+        }
+        (out / f"meta_{_stem(name)}.json").write_text(json.dumps(meta, indent=1))
+    body = build_report(out)
     (out / "table.md").write_text("# Denoising benchmark\n\n" + body)
-    (out / "machine.json").write_text(json.dumps({**machine, "date": date}, indent=1))
     log(body)
     if not args.no_readme:
         update_readme_section(REPO / "README.md", "benchmark", "## Benchmark\n\n" + body)
     log_file.close()
+
+
+SETTINGS = (
+    "ZIPO: default preset with its own training defaults (cap 300 epochs, early stopping on "
+    "held-out molecules); denoised = mu x the observed library, the convention of scVI's "
+    "default. scVI and LDVAE: scvi-tools defaults, cap {cap} epochs (scvi's heuristic below "
+    "20k cells) with early stopping on the validation ELBO. MAGIC: defaults, on sqrt of "
+    "median-normalised counts, squared and scaled back. DCA 0.3.4: defaults (ZINB "
+    "conditional dispersion, 300-epoch cap, its own early stopping) in its own venv "
+    "(`benchmarks/peers/setup_dca_env.sh`). Each method runs in its own process with 1 thread; "
+    "time = fit + predict without imports (DCA: including TensorFlow start-up); peak RSS = "
+    "VmHWM of the method's process. Latent for ARI: the model's latent space; PCA (10) of the "
+    "output for MAGIC and of log-normalised counts for `none`. Mean ± λ·SEM (λ = {lam:.3f}, "
+    "paper II-H) over seeds; each seed re-splits the molecules (90% train) and reseeds the "
+    "method. Bold: best method on that metric (excluding `none`). On shared CPUs times are "
+    "wall seconds and noisy."
+)
+
+
+def _minutes(rows: pd.DataFrame) -> float:
+    """Total time of the rows' method runs (wall, with process start-up when recorded)."""
+    column = "wall_s" if "wall_s" in rows and rows["wall_s"].notna().all() else "seconds"
+    return float(rows[column].fillna(0).sum()) / 60
+
+
+def _link(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def build_report(out: Path) -> str:
+    """Markdown for every dataset with ``rows_*.csv`` and ``meta_*.json`` in ``out``."""
+    parts = [SETTINGS.format(cap=PEER_MAX_EPOCHS, lam=ERROR_BAR_LAMBDA)]
+    metas = [json.loads(p.read_text()) for p in sorted(out.glob("meta_*.json"))]
+    metas.sort(key=lambda m: (m["dataset"] != "sim", m["dataset"]))
+    for meta in metas:
+        name = meta["dataset"]
+        rows = pd.read_csv(out / f"rows_{_stem(name)}.csv")
+        if "error" not in rows:
+            rows["error"] = np.nan
+        summary = summarise(rows)
+        if name not in summary.index.get_level_values(0):
+            continue
+        fig_path = out / f"benchmark_{_stem(name)}.png"
+        figure(summary, name, fig_path)
+        rank = ranks(summary, name)
+        rank_text = ", ".join(f"{METRICS[m][0]} {r}" for m, r in rank.items())
+        m = meta["machine"]
+        parts += [
+            "",
+            f"### {name}: {meta['description']}",
+            "",
+            f"`{meta['command']}` on {meta['date']} (method runs {_minutes(rows):.0f} min in "
+            f"all; {m['cpu']}, "
+            f"{m['cores']} cores shared, load {m['load_avg_1min']} at the start; torch "
+            f"{m['torch']}, scvi-tools {m.get('scvi-tools', '?')}); seeds {meta['seeds']}."
+            + (f" DCA could not run: {meta['dca']}." if meta.get("dca") else ""),
+            "",
+            f"ZIPO's rank (1 = best, among all rows): {rank_text}.",
+            "",
+            table_markdown(summary, rows, name),
+            "",
+            f"![{name}]({_link(fig_path)})",
+        ]
+    return "\n".join(parts) + "\n"
 
 
 if __name__ == "__main__":
