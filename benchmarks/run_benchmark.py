@@ -219,7 +219,7 @@ def table_markdown(summary: pd.DataFrame, rows: pd.DataFrame, dataset: str) -> s
             if not np.isnan(err) and m not in ("peak_rss_mb",):
                 text += f" ± {err:.{digits}f}"
             cells.append(f"**{text}**" if best.get(m) == method else text)
-        epochs = ok_rows.loc[ok_rows["method"] == method, "epochs"].dropna()
+        epochs = ok_rows.loc[ok_rows["method"] == method].get("epochs", pd.Series()).dropna()
         cells.append(f"{epochs.mean():.0f}" if len(epochs) and epochs.mean() > 0 else "")
         cells.append(str(int(sub.loc[method, ("n", "")])))
         lines.append("| " + " | ".join(cells) + " |")
@@ -229,7 +229,8 @@ def table_markdown(summary: pd.DataFrame, rows: pd.DataFrame, dataset: str) -> s
             lines.append(
                 f"| {method} | failed: {group['error'].iloc[0]} |" + " |" * (len(header) - 2)
             )
-    notes = ok_rows.drop_duplicates("method").set_index("method")["note"].dropna()
+    notes = ok_rows.drop_duplicates("method").set_index("method").get("note", pd.Series())
+    notes = notes.dropna()
     extra = [f"- {m}: {n}" for m, n in notes.items() if n and ("not DCA" in n or "PCA" in n)]
     return "\n".join(lines + (["", *extra] if extra else []))
 

@@ -131,3 +131,30 @@ def test_run_method_isolated_reports_time_memory_and_errors():
     failed = run_method("none", train, seed=0, not_an_argument=1)
     assert "denoised" not in failed
     assert "not_an_argument" in failed["error"] or "not_an_argument" in failed["stderr"]
+
+
+def test_benchmark_table_ranks_zipo_and_marks_the_best(tmp_path):
+    import pandas as pd
+
+    from benchmarks.run_benchmark import ranks, summarise, table_markdown, top_genes
+
+    rows = pd.DataFrame(
+        [
+            {"dataset": "d", "method": m, "seed": s, "poisson": p + 0.01 * s, "ari": a}
+            for m, p, a in [("ZIPO", 0.2, 0.5), ("scVI", 0.3, 0.9), ("none (D = X)", 0.1, 0.1)]
+            for s in (0, 1)
+        ]
+    )
+    rows["error"] = np.nan
+    summary = summarise(rows)
+    assert summary.loc[("d", "ZIPO"), ("mean", "poisson")] == pytest.approx(0.205)
+    assert ranks(summary, "d") == {"poisson": "2/3", "ari": "2/3"}
+    table = table_markdown(summary, rows, "d")
+    assert "| ZIPO | **0.20500" in table  # best among methods, `none` excluded
+    assert "| scVI |" in table and "**0.900" in table
+    adata = simulate_counts(n_cells=30, n_genes=20, seed=0)
+    kept = top_genes(adata, 5)
+    totals = np.asarray(adata.X.sum(0)).ravel()
+    assert kept.n_vars == 5 and set(kept.var_names) == set(
+        adata.var_names[np.argsort(-totals)[:5]]
+    )
