@@ -15,6 +15,7 @@ the README section ``tune-benchmark``. Run (about 15-25 CPU minutes)::
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -104,33 +105,17 @@ def _shared_candidates(adata, studies: dict, epochs: int, n_seeds: int) -> pd.Da
     return frame
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--candidate-seeds", type=int, default=2)
-    parser.add_argument("--cells", type=int, default=1500)
-    parser.add_argument("--genes", type=int, default=500)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument(
-        "--prune",
-        action="store_true",
-        help="prune with tune's default median pruner (off: every candidate trains to the cap)",
-    )
-    parser.add_argument("--no-readme", action="store_true")
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> None:
+    """Run both searches, the candidates' truth scores and the seed comparison; save them."""
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
-
     adata = simulate_counts(**{**SIM, "n_cells": args.cells, "n_genes": args.genes}, seed=0)
     ZIPO.setup_anndata(adata)
     common = {"max_epochs": args.epochs}
+    seconds, studies, chosen, trial_rows = {}, {}, {}, []
 
     start = time.time()
-    studies, chosen, trial_rows = {}, {}, []
     for objective in OBJECTIVES:
-        t0 = time.time()
         study = tune(
             adata,
             args.trials,
@@ -146,120 +131,152 @@ def main(argv: list[str] | None = None) -> None:
                 {"objective": objective, "trial": t.number, "state": t.state.name,
                  "value": t.value, "epochs": len(t.intermediate_values), **t.params}
             )  # fmt: skip
-        print(f"{objective}: {time.time() - t0:.0f} s, chose {_fmt_settings(chosen[objective])}")
-    search_seconds = time.time() - start
+    seconds["searches"] = time.time() - start
     pd.DataFrame(trial_rows).to_csv(OUT / "trials.csv", index=False)
 
-    configs = {}
-    for objective, settings in chosen.items():
-        configs[f"chosen by {objective}"] = {
-            "preset": settings["preset"],
-            **settings["model_kwargs"],
-            **settings["train_kwargs"],
-        }
-    t0 = time.time()
+    start = time.time()
     candidates = _shared_candidates(adata, studies, args.epochs, args.candidate_seeds)
     candidates.to_csv(OUT / "candidates.csv", index=False)
-    candidates_seconds = time.time() - t0
+    seconds["candidates"] = time.time() - start
 
-    t0 = time.time()
+    start = time.time()
+    configs = {
+        f"chosen by {o}": {"preset": c["preset"], **c["model_kwargs"], **c["train_kwargs"]}
+        for o, c in chosen.items()
+    }
     table, fig = compare_seeds(
         adata, configs, n_seeds=args.seeds, metrics=("true_mse", "nll", "mse"), **common
     )
-    seeds_seconds = time.time() - t0
+    seconds["retraining"] = time.time() - start
     table.to_csv(OUT / "seeds.csv", index=False)
     fig.savefig(OUT / "seeds.png", dpi=120)
-    summary = summarize_seeds(table)
+    meta = {
+        "args": vars(args),
+        "seconds": seconds,
+        "machine": machine_info(),
+        "chosen": {o: _fmt_settings(c) for o, c in chosen.items()},
+        "same_choice": chosen["mcv"]["model_kwargs"] == chosen["validation_nll"]["model_kwargs"],
+    }
+    (OUT / "run.json").write_text(json.dumps(meta, indent=1, default=str))
 
-    def cell(config: str, metric: str) -> str:
-        row = summary[(summary["config"] == config) & (summary["metric"] == metric)].iloc[0]
+
+def render() -> str:
+    """The markdown table of a saved run (``run.json`` and the CSVs in ``OUT``)."""
+    meta = json.loads((OUT / "run.json").read_text())
+    args, seconds, info = meta["args"], meta["seconds"], meta["machine"]
+    trials = pd.read_csv(OUT / "trials.csv")
+    candidates = pd.read_csv(OUT / "candidates.csv")
+    summary = summarize_seeds(pd.read_csv(OUT / "seeds.csv"))
+    stat = summary.set_index(["config", "metric"])
+
+    def cell(objective: str, metric: str) -> str:
+        row = stat.loc[(f"chosen by {objective}", metric)]
         return f"{row['mean']:.4f} ± {row['error']:.4f}"
 
+    encoders = ", ".join("-".join(map(str, e)) for e in SPACE["encoder_sizes"][1])
+    pruning = (
+        "median pruner on the per-epoch validation NLL after epoch 15"
+        if args["prune"]
+        else "no pruning, so that both objectives rank fully trained candidates"
+    )
     lines = [
-        f"Simulation: {args.cells} cells x {args.genes} genes, `simulate_counts` with "
-        f"{', '.join(f'{k}={v}' for k, v in SIM.items())}, seed 0. "
-        f"Each search: {args.trials} trials (TPE sampler; "
-        + (
-            "median pruner on the per-epoch validation NLL after epoch 15"
-            if args.prune
-            else "no pruning, so that both objectives rank fully trained candidates"
-        )
-        + f"), epoch cap {args.epochs}, space: encoders "
-        + ", ".join("-".join(map(str, e)) for e in SPACE["encoder_sizes"][1])
-        + " (full residuals), alpha_z and alpha_w log-uniform in [0.01, 1]. Both samplers have "
-        "seed 0, so TPE's first 10 (random) trials propose the same candidates to both searches: "
-        "they differ in which candidate they pick"
-        + (", in what they prune" if args.prune else "")
-        + " and in what TPE proposes after trial 10. "
-        "Each chosen "
-        f"configuration was retrained on all molecules with seeds 0-{args.seeds - 1}; "
-        "`true MSE` is the MSE between log-normalised (1e4 per cell, log1p) denoised expression "
-        "and true rates over all cells (lower is better); `NLL`/`MSE` are the paper's metrics "
-        "on the validation cells. Mean ± λ·SEM (λ = 1.64).",
+        f"Simulation: {args['cells']} cells x {args['genes']} genes, `simulate_counts` with "
+        f"{', '.join(f'{k}={v}' for k, v in SIM.items())}, seed 0. Each search: "
+        f"{args['trials']} trials (TPE sampler; {pruning}), epoch cap {args['epochs']}, space: "
+        f"encoders {encoders} (full residuals), alpha_z and alpha_w log-uniform in [0.01, 1]. "
+        "Both samplers have seed 0, so TPE's first 10 (random) trials propose the same "
+        "candidates to both searches: they differ in which candidate they pick"
+        + (", in what they prune" if args["prune"] else "")
+        + " and in what TPE proposes after trial 10. Each chosen configuration was retrained on "
+        f"all molecules with seeds 0-{args['seeds'] - 1}; `true MSE` is the MSE between "
+        "log-normalised (1e4 per cell, log1p) denoised expression and true rates over all "
+        "cells (lower is better); `NLL`/`MSE` are the paper's metrics on the validation cells. "
+        "Mean ± λ·SEM (λ = 1.64).",
         "",
         "| objective | chosen configuration | trials completed / pruned | true MSE | NLL | MSE |",
         "|---|---|---|---|---|---|",
     ]
     for objective, label in OBJECTIVES.items():
-        states = [t.state.name for t in studies[objective].trials]
-        name = f"chosen by {objective}"
+        states = trials.loc[trials["objective"] == objective, "state"].tolist()
         lines.append(
-            f"| {label} | {_fmt_settings(chosen[objective])} | "
+            f"| {label} | {meta['chosen'][objective]} | "
             f"{states.count('COMPLETE')} / {states.count('PRUNED')} | "
-            f"{cell(name, 'true_mse')} | {cell(name, 'nll')} | {cell(name, 'mse')} |"
+            + " | ".join(cell(objective, m) for m in ("true_mse", "nll", "mse"))
+            + " |"
         )
-    means = summary[summary["metric"] == "true_mse"].set_index("config")["mean"]
-    mcv, nll = means["chosen by mcv"], means["chosen by validation_nll"]
-    verdict = "at least as well as" if mcv <= nll else "worse than"
-    same = chosen["mcv"]["model_kwargs"] == chosen["validation_nll"]["model_kwargs"]
-    info = machine_info()
+    mcv = stat.loc[("chosen by mcv", "true_mse")]
+    nll = stat.loc[("chosen by validation_nll", "true_mse")]
+    verdict = "at least as well as" if mcv["mean"] <= nll["mean"] else "worse than"
+    overlap = abs(mcv["mean"] - nll["mean"]) < mcv["error"] + nll["error"]
     lines += [
         "",
         f"The MCV-chosen configuration denoises {verdict} the NLL-chosen one: true MSE "
-        f"{mcv:.4f} vs {nll:.4f} ({100 * (mcv - nll) / nll:+.1f}%)"
-        + (" (both searches chose the same configuration)." if same else "."),
+        f"{mcv['mean']:.4f} vs {nll['mean']:.4f} "
+        f"({100 * (mcv['mean'] - nll['mean']) / nll['mean']:+.1f}%"
+        + ("; the error bars overlap" if overlap else "; the error bars do not overlap")
+        + (", and both searches chose the same configuration)." if meta["same_choice"] else ")."),
         "",
         f"Candidates both searches trained with the same settings ({len(candidates)}), each "
-        f"also trained on all molecules (default training, mean over seeds "
-        f"0-{args.candidate_seeds - 1}) and scored against the truth; rank 1 = the "
-        "objective's choice among them:",
+        "also trained on all molecules (default training, mean over seeds "
+        f"0-{args['candidate_seeds'] - 1}) and scored against the truth; rank 1 = the "
+        "score's choice among them:",
         "",
         "| trial | encoder | alpha_z | alpha_w | validation NLL (rank) | MCV Poisson (rank) "
         "| MCV MSE (rank) | true MSE (rank) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    ranks = candidates[["validation_nll", "mcv", "mcv_mse", "true_mse"]].rank(method="min")
+    scores = ["validation_nll", "mcv", "mcv_mse", "true_mse"]
+    ranks = candidates[scores].rank(method="min")
+    digits = {"validation_nll": 2, "mcv": 5, "mcv_mse": 5, "true_mse": 4}
     for i, row in candidates.sort_values("true_mse").iterrows():
+        shown = " | ".join(f"{row[k]:.{digits[k]}f} ({ranks.loc[i, k]:.0f})" for k in scores)
         lines.append(
             f"| {row['trial']} | {row['encoder_sizes']} | {row['alpha_z']:.3g} | "
-            f"{row['alpha_w']:.3g} | {row['validation_nll']:.2f} "
-            f"({ranks.loc[i, 'validation_nll']:.0f}) "
-            f"| {row['mcv']:.5f} ({ranks.loc[i, 'mcv']:.0f}) "
-            f"| {row['mcv_mse']:.5f} ({ranks.loc[i, 'mcv_mse']:.0f}) "
-            f"| {row['true_mse']:.4f} ({ranks.loc[i, 'true_mse']:.0f}) |"
+            f"{row['alpha_w']:.3g} | {shown} |"
         )
-    rho = {
-        o: spearmanr(candidates[o], candidates["true_mse"])[0] for o in [*OBJECTIVES, "mcv_mse"]
-    }
+    rho = {k: spearmanr(candidates[k], candidates["true_mse"])[0] for k in scores[:3]}
+    flags = f"--trials {args['trials']} --epochs {args['epochs']} --seeds {args['seeds']} "
+    flags += f"--candidate-seeds {args['candidate_seeds']}" + (" --prune" if args["prune"] else "")
     lines += [
         "",
         "Spearman correlation with the true MSE over these candidates: validation NLL "
         f"{rho['validation_nll']:+.2f}, MCV Poisson (the `mcv` objective) {rho['mcv']:+.2f}, "
-        f"MCV MSE (log-normalised MSE against the held-out molecules, recorded by the same "
+        "MCV MSE (log-normalised MSE against the held-out molecules, recorded by the same "
         f"trials) {rho['mcv_mse']:+.2f}; 1 = the score orders the candidates exactly as the "
         "truth does.",
         "",
-        f"Searches {search_seconds / 60:.1f} min, candidates "
-        f"{candidates_seconds / 60:.1f} min, retraining {seeds_seconds / 60:.1f} min on "
-        f"{info['cpu']} ({args.threads} torch thread(s), load {info['load_avg_1min']}); "
-        "command: `nice -n 10 python -m benchmarks.tune_objectives` "
-        f"(`--trials {args.trials} --epochs {args.epochs} --seeds {args.seeds} "
-        f"--candidate-seeds {args.candidate_seeds}"
-        f"{' --prune' if args.prune else ''}`). "
-        "Per-trial values: `benchmarks/results/tune/trials.csv`, `candidates.csv`; per seed: "
+        f"Searches {seconds['searches'] / 60:.1f} min, candidates "
+        f"{seconds['candidates'] / 60:.1f} min, retraining {seconds['retraining'] / 60:.1f} min "
+        f"on {info['cpu']} ({args['threads']} torch thread(s), load {info['load_avg_1min']}); "
+        f"command: `nice -n 10 python -m benchmarks.tune_objectives` (`{flags}`). Per-trial "
+        "values: `benchmarks/results/tune/trials.csv`, `candidates.csv`; per seed: "
         "`seeds.csv`, `seeds.png`.",
     ]
-    text = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--candidate-seeds", type=int, default=2)
+    parser.add_argument("--cells", type=int, default=1500)
+    parser.add_argument("--genes", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="prune with tune's default median pruner (off: every candidate trains to the cap)",
+    )
+    parser.add_argument(
+        "--render-only", action="store_true", help="rebuild table.md from the saved run"
+    )
+    parser.add_argument("--no-readme", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.render_only:
+        run(args)
+    text = render()
     (OUT / "table.md").write_text(text)
     print(text)
     if not args.no_readme:
