@@ -66,7 +66,7 @@ def test_backed_training_matches_in_memory(h5ad):
     # increasing indices). With input dropout the masks would then fall on other cells, and
     # with Linear -> BatchNorm the Linear bias has no true gradient, so Adam turns summation-
     # order noise into lr-sized steps of it; both are switched off to compare the data paths.
-    kwargs = {"input_dropout": 0.0, "norm_order": "act_bn"}
+    kwargs = {"input_dropout": 0.0, "latent_noise": 0.0, "norm_order": "act_bn"}
     in_memory = ad.read_h5ad(h5ad)
     backed = read_backed(h5ad)
     assert backed.isbacked and not in_memory.isbacked
@@ -98,7 +98,7 @@ def test_denoise_backed_streams_outputs_into_h5ad(h5ad, tmp_path):
         h5ad,
         out,
         setup_kwargs={"batch_key": "batch"},
-        model_kwargs=TINY,
+        model_kwargs={**TINY, "likelihood": "zip"},
         train_kwargs={**FAST, **QUIET},
         uns={"zipo": {"run": "test"}},
         batch_size=48,
@@ -271,14 +271,25 @@ def test_torchrun_ddp_on_backed_file(h5ad, tmp_path):
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(TORCHRUN_SCRIPT))
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [*command, "--standalone", "--nproc_per_node=2", str(script), str(h5ad), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    for _attempt in range(2):
+        done = subprocess.run(
+            [
+                *command,
+                "--standalone",
+                "--nproc_per_node=2",
+                str(script),
+                str(h5ad),
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        # a free port picked by torchrun can be taken by another job on a shared machine
+        if done.returncode == 0 or "address already in use" not in done.stderr.lower():
+            break
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["world_size"] == 2
     # each process sees half of the 180 training cells: ceil(90 / 32) = 3 batches, not 6
@@ -315,3 +326,21 @@ def test_simulate_to_h5ad_in_chunks_and_sizes(tmp_path):
     with pytest.raises(ValueError, match="must be >= 1"):
         simulate_to_h5ad(tmp_path / "bad.h5ad", n_cells=0, n_genes=10)
     assert not Path(tmp_path / "bad.h5ad").exists()
+
+
+def test_readme_backed_example_runs(tmp_path, monkeypatch):
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"### Counts that stay on disk\n.*?```python\n(.*?)```", readme, re.S)
+    code = block.group(1).replace("max_epochs=20", "max_epochs=1, enable_progress_bar=False")
+    adata = simulate_counts(n_cells=120, n_genes=40, n_batches=2, seed=0)
+    del adata.layers["true_rate"]
+    adata.obs["sample"] = adata.obs["batch"]
+    monkeypatch.chdir(tmp_path)
+    adata.write_h5ad("atlas.h5ad")
+    namespace: dict = {}
+    exec(compile(code, "README backed example", "exec"), namespace)
+    assert namespace["latent"].shape[0] == 120
+    out = ad.read_h5ad("atlas_denoised.h5ad", backed="r")
+    assert out.layers["zipo_denoised"].shape == (120, 40)
