@@ -214,6 +214,10 @@ def test_finetune_saved_model_on_new_backed_file(tmp_path):
     shuffled = ad.read_h5ad(second)[:, ::-1].copy()
     with pytest.raises(ValueError, match="another order"):
         check_saved_genes(tmp_path / "model", shuffled)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.pt").write_bytes(b"not a model")
+    assert check_saved_genes(broken, shuffled) is None  # ZIPO.load reports a broken folder
     fewer = _write(tmp_path / "fewer.h5ad", n_genes=50)
     with pytest.raises(ValueError, match="do not match the saved model's genes"):
         ZIPO.load(tmp_path / "model", adata=read_backed(fewer))

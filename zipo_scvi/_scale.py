@@ -283,7 +283,10 @@ def check_saved_genes(
     model_file = Path(dir_path) / f"{prefix or ''}model.pt"
     if not model_file.is_file():
         return
-    saved = torch.load(model_file, map_location="cpu", weights_only=False).get("var_names")
+    try:
+        saved = torch.load(model_file, map_location="cpu", weights_only=False).get("var_names")
+    except Exception:  # not a model file: ZIPO.load reports that with its own message
+        return
     if saved is None:
         return
     saved = pd.Index(np.asarray(saved).astype(str))
