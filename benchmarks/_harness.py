@@ -321,7 +321,11 @@ def run_zipo(
     else:
         raise ValueError(f"Unknown output {output!r}; choose latent, observed or mean.")
     latent = model.get_latent_representation()
-    return _result(denoised, latent, start, epochs=_epochs(model), label=f"ZIPO ({preset})")
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in model.hyperparameters.items()}
+    config = {"preset": preset, "output": output, **config, "train": train or {}}
+    return _result(
+        denoised, latent, start, epochs=_epochs(model), label=f"ZIPO ({preset})", config=config
+    )
 
 
 def _run_scvi_model(cls, train_adata, seed, batch_key, model_kwargs, train, label):
@@ -576,6 +580,20 @@ def run_method(
 
 
 # ----------------------------------------------------------------------------- environment
+def code_state() -> str:
+    """The repository's commit, and whether the package has uncommitted changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "zipo_scvi"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{commit}{' + uncommitted changes in zipo_scvi/' if dirty else ''}"
+
+
 def machine_info() -> dict[str, str]:
     """CPU model, cores, load, and the versions that matter for the timings.
 

@@ -31,6 +31,7 @@ from benchmarks._harness import (
     PEER_MAX_EPOCHS,
     REPO,
     SIM_DEFAULTS,
+    code_state,
     dca_unavailable,
     latent_ari,
     machine_info,
@@ -124,6 +125,7 @@ def evaluate(
     threads: int,
     rows_path: Path,
     resume: bool = False,
+    rerun: list[str] | None = None,
 ) -> list[dict]:
     """Run every method on every seed's split; rows are saved after each method."""
     rows: list[dict] = []
@@ -131,6 +133,7 @@ def evaluate(
     if resume and rows_path.exists():
         old = pd.read_csv(rows_path)
         old = old[old["error"].isna()] if "error" in old else old
+        old = old[~old["method"].isin(rerun or [])]
         rows = old.to_dict("records")
         done = {(r["method"], int(r["seed"])) for r in rows}
     for seed in seeds:
@@ -158,6 +161,8 @@ def evaluate(
                 row["note"] = res["info"].get("label", "")
                 if res["info"].get("reason"):
                     row["note"] += f": {res['info']['reason']}"
+                if res["info"].get("config"):
+                    row["config"] = json.dumps(res["info"]["config"], sort_keys=True)
             row["wall_s"] = time.perf_counter() - start
             rows.append(row)
             pd.DataFrame(rows).to_csv(rows_path, index=False)
@@ -302,6 +307,9 @@ def main(argv=None) -> None:
         "--resume", action="store_true", help="keep finished rows of rows_<dataset>.csv"
     )
     parser.add_argument(
+        "--rerun", nargs="+", help="with --resume: row labels to run again (e.g. ZIPO)"
+    )
+    parser.add_argument(
         "--report-only", action="store_true", help="rebuild table.md/README from saved rows"
     )
     args = parser.parse_args(argv)
@@ -356,6 +364,7 @@ def main(argv=None) -> None:
             args.threads,
             rows_path,
             resume=args.resume,
+            rerun=args.rerun,
         )
         meta = {
             "dataset": name,
@@ -366,6 +375,7 @@ def main(argv=None) -> None:
             "seeds": args.seeds,
             "threads": args.threads,
             "dca": dca_reason,
+            "code": code_state(),
             "machine": machine,
         }
         (out / f"meta_{_stem(name)}.json").write_text(json.dumps(meta, indent=1))
@@ -392,6 +402,17 @@ SETTINGS = (
     "method. Bold: best method on that metric (excluding `none`). On shared CPUs times are "
     "wall seconds and noisy."
 )
+
+
+def _zipo_config(rows: pd.DataFrame) -> str:
+    """The ZIPO settings the rows were made with (they can change between runs)."""
+    if "config" not in rows:
+        return "ZIPO settings: not recorded."
+    configs = rows.loc[rows["method"] == "ZIPO", "config"].dropna().unique()
+    if len(configs) != 1:
+        return f"ZIPO settings: {len(configs)} different configurations across seeds (rerun)."
+    config = json.loads(configs[0])
+    return "ZIPO settings: " + ", ".join(f"{k}={v}" for k, v in config.items()) + "."
 
 
 def _minutes(rows: pd.DataFrame) -> float:
@@ -433,7 +454,10 @@ def build_report(out: Path) -> str:
             f"all; {m['cpu']}, "
             f"{m['cores']} cores shared, load {m['load_avg_1min']} at the start; torch "
             f"{m['torch']}, scvi-tools {m.get('scvi-tools', '?')}); seeds {meta['seeds']}."
-            + (f" DCA could not run: {meta['dca']}." if meta.get("dca") else ""),
+            + (f" DCA could not run: {meta['dca']}." if meta.get("dca") else "")
+            + (f" Code: {meta['code']}." if meta.get("code") else ""),
+            "",
+            _zipo_config(rows),
             "",
             f"ZIPO's rank (1 = best, among all rows): {rank_text}.",
             "",
