@@ -15,7 +15,7 @@ def trained():
     torch.set_num_threads(1)
     adata = simulate_counts(n_cells=80, n_genes=25, n_groups=2, seed=4)
     ZIPO.setup_anndata(adata)
-    model = ZIPO(adata, encoder_sizes=(16, 4), library_sizes=(8, 4), seed=0)
+    model = ZIPO(adata, likelihood="zip", encoder_sizes=(16, 4), library_sizes=(8, 4), seed=0)
     model.train(max_epochs=3, batch_size=32, enable_progress_bar=False)
     adata.obsm["X_zipo"] = model.get_latent_representation()
     adata.layers["zipo_denoised"] = model.get_normalized_expression(

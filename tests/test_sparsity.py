@@ -31,7 +31,7 @@ def saved(tmp_path_factory):
     scvi.settings.seed = 0
     adata = _data()
     ZIPO.setup_anndata(adata, batch_key="batch")
-    model = ZIPO(adata, alpha_w=1.0, **TINY)
+    model = ZIPO(adata, likelihood="zip", alpha_w=1.0, **TINY)
     model.train(**FAST)
     path = tmp_path_factory.mktemp("sparsity") / "model"
     model.save(str(path), save_anndata=True)
