@@ -303,6 +303,8 @@ def figure(runs: list[dict], path: Path) -> None:
     pl.pruning_curve({k: c for k, (_, c) in means.items()}, axes=(ax_c, ax_d))
     for ax, name in ((ax_c, "(c) NLL"), (ax_d, "(d) MSE of rates")):
         ax.set_yscale("symlog", linthresh=0.1)
+        lowest = min(float(np.min(line.get_ydata())) for line in ax.lines if len(line.get_ydata()))
+        ax.set_ylim(bottom=min(-0.2, 2 * lowest))
         ax.set_title(f"{name}, validation cells, after pruning")
     fig.suptitle(
         f"ZIPO paper preset, encoder {'-'.join(map(str, ENCODER))}, "
@@ -399,16 +401,17 @@ Why the paper's number does not appear here. With Adam every weight moves by rou
 learning rate per step whatever the size of its gradient, so a weight is driven to zero only
 where the penalty's gradient outweighs the noise of the likelihood's gradient on it. The
 likelihood is summed over {n_genes} genes per cell (thousands of nats per cell) while the
-penalty is at most alpha_w, so at alpha_w = 0.1 mainly the weights of genes that carry no
-signal shrink. The first epochs at lr = 0.0212 also inflate all weights (median |w| from about
-0.01 at initialisation to about {median_w:.2f}), and the schedule counts epochs, so
-{n_cells} cells give about {steps} Adam steps per epoch at batch 256, against ~270 for the
-paper's ~70,000 cells. Early stopping (patience 30) on the validation cells ended the
-paper-preset runs after {epochs_lo}-{epochs_hi} epochs: the eval-mode validation loss of the
-sigmoid -> BatchNorm order is erratic (SPEC.md, hazards), so its best value comes early.
-Measured: {diagnosis} The paper preset keeps the loss as the paper
-writes it; the gene-mean reading is available by passing `alpha_z` and `alpha_w` multiplied by
-the number of genes (under Adam that is the same as averaging the NLL over genes).
+penalty is at most alpha_w. The penalty does reshape the neurons (median |w| / max |w| of
+the neuron: {median_norm}), but stops orders of magnitude short of 1e-4. The first epochs
+at lr = 0.0212 also inflate all weights (median |w| from about 0.01 at initialisation to
+about {median_w:.2f}), and the schedule counts epochs, so {n_cells} cells give about {steps}
+Adam steps per epoch at batch 256, against ~270 for the paper's ~70,000 cells. Early stopping
+(patience 30) on the validation cells ended the paper-preset runs after {epochs_lo}-{epochs_hi}
+epochs: the eval-mode validation loss of the sigmoid -> BatchNorm order is erratic (SPEC.md,
+hazards; see "val. NLL/cell"), so its best value comes early. Measured: {diagnosis} The paper
+preset keeps the loss as the paper writes it; the gene-mean reading is available by passing
+`alpha_z` and `alpha_w` multiplied by the number of genes (Adam ignores a constant scale of
+the loss, up to its eps, so this equals averaging the NLL over genes).
 """
 
 
@@ -419,20 +422,42 @@ DIAGNOSES = {
 }
 
 
+def _median_normalised(runs: list[dict]) -> str:
+    """Median of |w| / max |w| per paper-preset alpha_w, from the stored histograms."""
+    centres = np.sqrt(HIST_EDGES[:-1] * HIST_EDGES[1:])
+    parts = []
+    for alpha in ALPHAS:
+        group = [r for r in runs if r["variant"] == "paper" and r["alpha_w"] == alpha]
+        if not group:
+            continue
+        counts = np.concatenate(
+            [[sum(r["hist_zero"] for r in group)], np.sum([r["hist"] for r in group], axis=0)]
+        )
+        i = int(np.searchsorted(np.cumsum(counts), counts.sum() / 2))
+        parts.append(f"~{0.0 if i == 0 else centres[i - 1]:.2g} at alpha_w = {alpha:g}")
+    return ", ".join(parts)
+
+
 def _diagnosis(summary: pd.DataFrame) -> str:
     by = summary.set_index(["variant", "alpha_w"])
-    parts = []
-    base = by.loc[("paper", 0.1)]
-    for variant, what in DIAGNOSES.items():
-        if (variant, 0.1) in by.index:
-            row = by.loc[(variant, 0.1)]
-            parts.append(
-                f"with {what}, {row['pruned at 1e-4']} of the weights are pruned at 1e-4 at "
-                f"alpha_w = 0.1 (paper preset: {base['pruned at 1e-4']})"
-            )
+    parts = [
+        f"{what}: {by.loc[(variant, 0.1), 'pruned at 1e-4']}"
+        for variant, what in DIAGNOSES.items()
+        if (variant, 0.1) in by.index
+    ]
+    if not parts:
+        return "no diagnostic variants were run."
     best = summary["_pruned_mean"].max()
-    tail = "; none reaches 90%." if best < 0.9 else "."
-    return "; ".join(parts) + tail if parts else "no diagnostic variants were run."
+    return (
+        f"share pruned at 1e-4 at alpha_w = 0.1, paper preset "
+        f"{by.loc[('paper', 0.1), 'pruned at 1e-4']}; "
+        + "; ".join(parts)
+        + ("; none reaches 90%." if best < 0.9 else ".")
+    )
+
+
+def _commands(meta: dict) -> list[str]:
+    return ([meta["command"]] if "command" in meta else []) + meta.get("commands", [])
 
 
 def render(runs: list[dict], speed: pd.DataFrame | None) -> None:
@@ -459,6 +484,7 @@ def render(runs: list[dict], speed: pd.DataFrame | None) -> None:
             median_w=median_w,
             steps=int(np.ceil(0.9 * DATA["n_cells"] / 256)),
             diagnosis=_diagnosis(summary),
+            median_norm=_median_normalised(runs),
             epochs_lo=min(r["epochs"] for r in runs if r["variant"] == "paper"),
             epochs_hi=max(r["epochs"] for r in runs if r["variant"] == "paper"),
         )
@@ -476,7 +502,7 @@ def render(runs: list[dict], speed: pd.DataFrame | None) -> None:
         verdict=_verdict(summary),
         speed=speed_md,
         why=why,
-        commands=" then ".join(f"`{c}`" for c in meta.get("commands", [meta.get("command", "")])),
+        commands=" then ".join(f"`{c.strip()}`" for c in _commands(meta)),
     )
     update_readme_section(REPO / "README.md", "sparsity", body)
     print(table)

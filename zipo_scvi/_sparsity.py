@@ -24,9 +24,11 @@ from ._defaults import PRUNE_DELTA
 #: Deltas of the sparsity and pruning curves (the paper's Fig. 10 spans 1e-6 .. 1e-1).
 DEFAULT_DELTAS: tuple[float, ...] = tuple(float(d) for d in np.logspace(-7, -1, 13))
 
-#: Largest share of kept first-layer weights at which inference switches to a CSR matmul.
-#: ``benchmarks/sparsity.py`` measures the switch: on one CPU thread a 2000-gene first layer ran
-#: 1.5-9x faster sparse at 2-5% density, about even at 10% and slower above.
+#: Largest share of kept first-layer weights at which CPU inference switches to a CSR matmul.
+#: ``benchmarks/sparsity.py`` measures it (one thread, 2000 genes, 256 cells): the CSR product
+#: ran 3-14x faster than the dense one at 1-5% density, ~2x at 10% and ~1.1x at 20%; with two
+#: threads an earlier check found no consistent gain at 10%, so the switch sits at 5%. GPUs keep
+#: the dense product (not measured).
 SPARSE_MAX_DENSITY: float = 0.05
 
 
@@ -171,7 +173,7 @@ def gene_modules(
 class SparseMaskedLinear(MaskedLinear):
     """A :class:`~zipo_scvi._components.MaskedLinear` that uses its sparsity at inference.
 
-    In eval mode without gradients, on a dense minibatch, when the mask keeps at most
+    In eval mode without gradients, on a dense CPU minibatch, when the mask keeps at most
     ``max_density`` of the weights, the layer multiplies by a cached CSR copy of the masked
     weights instead of the dense matrix. Training, gradients and sparse input take the dense
     path, so results agree up to float rounding. The state dict is the same as
@@ -218,7 +220,13 @@ class SparseMaskedLinear(MaskedLinear):
         return self._csr[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or torch.is_grad_enabled() or x.layout != torch.strided or x.dim() != 2:
+        if (
+            self.training
+            or torch.is_grad_enabled()
+            or x.layout != torch.strided
+            or x.dim() != 2
+            or x.device.type != "cpu"
+        ):
             return super().forward(x)
         csr = self.sparse_weight()
         if csr is None:
