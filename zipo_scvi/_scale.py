@@ -26,6 +26,8 @@ from scvi import REGISTRY_KEYS
 from scvi.dataloaders import CollectionAdapter
 from scvi.dataloaders._anncollection import ArrayFakerSparse
 
+from .data._simulate import batch_effects, cell_obs, cell_rates, de_factors, gene_base_means
+
 if TYPE_CHECKING:
     from ._model import ZIPO
 
@@ -605,28 +607,13 @@ def simulate_to_h5ad(
     if min(n_cells, n_genes, n_groups, n_batches, chunk_size) < 1:
         raise ValueError("n_cells, n_genes, n_groups, n_batches and chunk_size must be >= 1.")
     rng = np.random.default_rng(seed)
-    base = rng.gamma(shape=0.6, scale=1 / 0.3, size=n_genes)
-    base /= base.sum()
-    group_factors = np.ones((n_groups, n_genes))
-    for k in range(n_groups):
-        de = rng.random(n_genes) < de_prob
-        sign = np.where(rng.random(n_genes) < 0.5, -1.0, 1.0)
-        group_factors[k, de] = np.exp(sign[de] * np.abs(rng.normal(0.5, de_scale, de.sum())))
-    batch_factors = np.exp(rng.normal(0, batch_scale, size=(n_batches, n_genes)))
-    batch_factors[0] = 1.0
+    base = gene_base_means(rng, n_genes)
+    group_factors = de_factors(rng, n_groups, n_genes, de_prob, de_scale)
+    batch_factors = batch_effects(rng, n_batches, n_genes, batch_scale)
     groups = rng.integers(0, n_groups, size=n_cells)
     batches = rng.integers(0, n_batches, size=n_cells)
     library = np.exp(rng.normal(library_mean, library_sd, size=n_cells))
-    obs = pd.DataFrame(
-        {
-            "group": pd.Categorical([f"group{g}" for g in groups]),
-            "batch": pd.Categorical([f"batch{b}" for b in batches]),
-            "donor": pd.Categorical([f"donor{d}" for d in rng.integers(0, 3, size=n_cells)]),
-            "pct_mito": rng.uniform(0, 10, size=n_cells).astype(np.float32),
-            "true_library": library.astype(np.float32),
-        },
-        index=[f"cell{i}" for i in range(n_cells)],
-    )
+    obs = cell_obs(rng, groups, batches, library)
     var = pd.DataFrame(index=[f"gene{j}" for j in range(n_genes)])
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -635,11 +622,14 @@ def simulate_to_h5ad(
         with h5py.File(tmp, "a") as f:
             for start in range(0, n_cells, chunk_size):
                 cells = slice(start, min(start + chunk_size, n_cells))
-                props = base * group_factors[groups[cells]] * batch_factors[batches[cells]]
-                props /= props.sum(axis=1, keepdims=True)
-                rate = props * library[cells, None]
-                if bcv > 0:
-                    rate *= rng.gamma(1 / bcv**2, bcv**2, size=rate.shape)
+                rate = cell_rates(
+                    rng,
+                    base,
+                    group_factors[groups[cells]],
+                    batch_factors[batches[cells]],
+                    library[cells],
+                    bcv,
+                )
                 block = sp.csr_matrix(rng.poisson(rate).astype(np.float32))
                 if start == 0:
                     write_elem(f, "X", block)

@@ -8,6 +8,65 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 
+def gene_base_means(rng: np.random.Generator, n_genes: int) -> np.ndarray:
+    """Gamma-distributed gene shares of a cell's transcripts (summing to 1)."""
+    base = rng.gamma(shape=0.6, scale=1 / 0.3, size=n_genes)
+    return base / base.sum()
+
+
+def de_factors(
+    rng: np.random.Generator, n_groups: int, n_genes: int, de_prob: float, de_scale: float
+) -> np.ndarray:
+    """Per-group gene factors: a ``de_prob`` share of genes up or down by log-normal factors."""
+    factors = np.ones((n_groups, n_genes))
+    for k in range(n_groups):
+        de = rng.random(n_genes) < de_prob
+        sign = np.where(rng.random(n_genes) < 0.5, -1.0, 1.0)
+        factors[k, de] = np.exp(sign[de] * np.abs(rng.normal(0.5, de_scale, de.sum())))
+    return factors
+
+
+def batch_effects(
+    rng: np.random.Generator, n_batches: int, n_genes: int, batch_scale: float
+) -> np.ndarray:
+    """Per-batch log-normal gene factors; the first batch is the reference (all ones)."""
+    factors = np.exp(rng.normal(0, batch_scale, size=(n_batches, n_genes)))
+    factors[0] = 1.0
+    return factors
+
+
+def cell_rates(
+    rng: np.random.Generator,
+    base: np.ndarray,
+    group_factors: np.ndarray,
+    batch_factors: np.ndarray,
+    library: np.ndarray,
+    bcv: float,
+) -> np.ndarray:
+    """True Poisson rates of cells (rows of the given per-cell factors), with gamma noise."""
+    props = base * group_factors * batch_factors
+    props /= props.sum(axis=1, keepdims=True)
+    mean = props * library[:, None]
+    return mean * rng.gamma(1 / bcv**2, bcv**2, size=mean.shape) if bcv > 0 else mean
+
+
+def cell_obs(
+    rng: np.random.Generator, groups: np.ndarray, batches: np.ndarray, library: np.ndarray
+) -> pd.DataFrame:
+    """The simulated cells' obs: group, batch, technical donor and pct_mito, true library."""
+    n_cells = len(groups)
+    return pd.DataFrame(
+        {
+            "group": pd.Categorical([f"group{g}" for g in groups]),
+            "batch": pd.Categorical([f"batch{b}" for b in batches]),
+            "donor": pd.Categorical([f"donor{d}" for d in rng.integers(0, 3, size=n_cells)]),
+            "pct_mito": rng.uniform(0, 10, size=n_cells).astype(np.float32),
+            "true_library": library.astype(np.float32),
+        },
+        index=[f"cell{i}" for i in range(n_cells)],
+    )
+
+
 def simulate_counts(
     n_cells: int = 2000,
     n_genes: int = 1000,
@@ -69,37 +128,19 @@ def simulate_counts(
     if n_cells < 1 or n_genes < 1 or n_groups < 1 or n_batches < 1:
         raise ValueError("n_cells, n_genes, n_groups and n_batches must all be at least 1.")
     rng = np.random.default_rng(seed)
-    base = rng.gamma(shape=0.6, scale=1 / 0.3, size=n_genes)
-    base /= base.sum()
+    base = gene_base_means(rng, n_genes)
     groups = rng.integers(0, n_groups, size=n_cells)
-    group_factors = np.ones((n_groups, n_genes))
-    for k in range(n_groups):
-        de = rng.random(n_genes) < de_prob
-        sign = np.where(rng.random(n_genes) < 0.5, -1.0, 1.0)
-        group_factors[k, de] = np.exp(sign[de] * np.abs(rng.normal(0.5, de_scale, de.sum())))
+    group_factors = de_factors(rng, n_groups, n_genes, de_prob, de_scale)
     batches = rng.integers(0, n_batches, size=n_cells)
-    batch_factors = np.exp(rng.normal(0, batch_scale, size=(n_batches, n_genes)))
-    batch_factors[0] = 1.0
-    props = base * group_factors[groups] * batch_factors[batches]
-    props /= props.sum(axis=1, keepdims=True)
+    batch_factors = batch_effects(rng, n_batches, n_genes, batch_scale)
     library = np.exp(rng.normal(library_mean, library_sd, size=n_cells))
-    mean = props * library[:, None]
-    rate = mean * rng.gamma(1 / bcv**2, bcv**2, size=mean.shape) if bcv > 0 else mean
+    rate = cell_rates(rng, base, group_factors[groups], batch_factors[batches], library, bcv)
     counts = rng.poisson(rate).astype(np.float32)
     if dropout_midpoint is not None:
         logit = -dropout_shape * (np.log(rate + 1e-12) - dropout_midpoint)
         keep = rng.random(counts.shape) >= 1 / (1 + np.exp(logit))
         counts *= keep
-    obs = pd.DataFrame(
-        {
-            "group": pd.Categorical([f"group{g}" for g in groups]),
-            "batch": pd.Categorical([f"batch{b}" for b in batches]),
-            "donor": pd.Categorical([f"donor{d}" for d in rng.integers(0, 3, size=n_cells)]),
-            "pct_mito": rng.uniform(0, 10, size=n_cells).astype(np.float32),
-            "true_library": library.astype(np.float32),
-        },
-        index=[f"cell{i}" for i in range(n_cells)],
-    )
+    obs = cell_obs(rng, groups, batches, library)
     var = pd.DataFrame(index=[f"gene{j}" for j in range(n_genes)])
     adata = AnnData(sp.csr_matrix(counts) if sparse else counts, obs=obs, var=var)
     adata.layers["true_rate"] = rate.astype(np.float32)
