@@ -260,10 +260,18 @@ def figure(summary: pd.DataFrame, dataset: str, path: Path) -> None:
         colors = ["tab:red" if i.startswith("ZIPO") else "tab:gray" for i in values.index]
         ax.barh(range(len(values)), values, xerr=errors, color=colors)
         ax.set_yticks(range(len(values)), values.index if ax is axes[0] else [""] * len(values))
-        lo, hi = float((values - errors).min()), float((values + errors).max())
+        # zoom on the methods (the `none` baseline may run off the axis: its value is printed)
+        peers = [i for i in values.index if not i.startswith("none")]
+        lo = float((values[peers] - errors[peers]).min())
+        hi = float((values[peers] + errors[peers]).max())
         if m in ("poisson", "mse", "mse_truth") and hi > lo:
             pad = 0.15 * (hi - lo)
             ax.set_xlim(max(lo - pad, 0), hi + pad)
+            for k, value in enumerate(values):
+                if value > hi + pad:
+                    ax.text(hi, k, f"{value:.3g} →", ha="right", va="center", fontsize=7)
+                elif value < max(lo - pad, 0):
+                    ax.text(lo, k, f"← {value:.3g}", ha="left", va="center", fontsize=7)
         ax.set_title(
             METRICS[m][0] + (" (lower better)" if METRICS[m][1] else " (higher better)"),
             fontsize=9,
