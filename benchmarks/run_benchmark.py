@@ -412,6 +412,29 @@ SETTINGS = (
 )
 
 
+def goals(summary: pd.DataFrame, dataset: str, method: str = "ZIPO") -> str:
+    """Issue 7's goals: ZIPO at least as good as every peer on MCV Poisson and MSE to truth."""
+    sub = summary.loc[dataset]
+    if method not in sub.index:
+        return ""
+    out = []
+    for metric in ("poisson", "mse_truth"):
+        if ("mean", metric) not in sub:
+            continue
+        values = sub[("mean", metric)].dropna()
+        peers = values.drop(index=[method, "none (D = X)"], errors="ignore")
+        if peers.empty or method not in values:
+            continue
+        best, zipo = peers.idxmin(), values[method]
+        gap = 100 * (zipo - peers[best]) / peers[best]
+        verdict = "met" if zipo <= peers[best] else "not met"
+        out.append(
+            f"Goal, {METRICS[metric][0]} at least as good as every peer: {verdict} (ZIPO "
+            f"{zipo:.5g}, best peer {best} {peers[best]:.5g}, {gap:+.1f}%)."
+        )
+    return " ".join(out)
+
+
 def _zipo_config(rows: pd.DataFrame) -> str:
     """The ZIPO settings the rows were made with (they can change between runs)."""
     if "config" not in rows:
@@ -467,7 +490,7 @@ def build_report(out: Path) -> str:
             "",
             _zipo_config(rows),
             "",
-            f"ZIPO's rank (1 = best, among all rows): {rank_text}.",
+            f"ZIPO's rank (1 = best, among all rows): {rank_text}. " + goals(summary, name),
             "",
             table_markdown(summary, rows, name),
             "",
