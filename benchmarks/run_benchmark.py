@@ -461,7 +461,13 @@ def _link(path: Path) -> str:
 
 def build_report(out: Path) -> str:
     """Markdown for every dataset with ``rows_*.csv`` and ``meta_*.json`` in ``out``."""
-    parts = [SETTINGS.format(cap=PEER_MAX_EPOCHS, lam=ERROR_BAR_LAMBDA)]
+    parts = [
+        SETTINGS.format(cap=PEER_MAX_EPOCHS, lam=ERROR_BAR_LAMBDA),
+        "",
+        "The paper's own ablations, rerun at small scale (`benchmarks/ablations.py`), are in "
+        "[benchmarks/results/ablations/table.md](benchmarks/results/ablations/table.md); "
+        "training speed is in the next section.",
+    ]
     metas = [json.loads(p.read_text()) for p in sorted(out.glob("meta_*.json"))]
     metas.sort(key=lambda m: (m["dataset"] != "sim", m["dataset"]))
     for meta in metas:
