@@ -237,7 +237,7 @@ def run(claims: list[Claim], seeds: list[int], log, trust_cache: bool = False) -
         for line in cache_path.read_text().splitlines():
             rec = json.loads(line)
             cache[rec["key"]] = rec["result"]
-            if trust_cache:
+            if trust_cache and "error" not in rec["result"]:  # failures are retried
                 cache.setdefault(_without_code(rec["key"]), rec["result"])
     split_cache: dict = {}
     rows = []
@@ -421,7 +421,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--trust-cache",
         action="store_true",
-        help="reuse cached runs made with other versions of the package's model files",
+        help="reuse successful cached runs made with other versions of the model files",
     )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")

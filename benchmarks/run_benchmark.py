@@ -466,7 +466,7 @@ def build_report(out: Path) -> str:
         "",
         "The paper's own ablations, rerun at small scale (`benchmarks/ablations.py`), are in "
         "[benchmarks/results/ablations/table.md](benchmarks/results/ablations/table.md); "
-        "training speed is in the next section.",
+        "training speed has its own section.",
     ]
     metas = [json.loads(p.read_text()) for p in sorted(out.glob("meta_*.json"))]
     metas.sort(key=lambda m: (m["dataset"] != "sim", m["dataset"]))
