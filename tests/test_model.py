@@ -8,6 +8,7 @@ import torch
 
 from zipo_scvi import ZIPO, ZiPoModule, preset
 from zipo_scvi._training import split_molecules
+from zipo_scvi.data import simulate_counts
 
 from .conftest import FAST, TINY
 
@@ -278,3 +279,14 @@ def test_latent_noise_only_while_training():
     assert not torch.allclose(first, second)
     module.eval()
     torch.testing.assert_close(module.inference(x)["z"], module.inference(x)["z"])
+
+
+def test_paper_preset_zinb_stays_finite():
+    """At lr 0.0212 the dispersion head once drove log(theta) to 100 (theta = inf in float32)."""
+    adata = simulate_counts(n_cells=400, n_genes=200, seed=0, dropout_midpoint=0.0)
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, preset="paper", likelihood="zinb", encoder_sizes=(64, 16), seed=0)
+    model.train(max_epochs=4, enable_progress_bar=False, early_stopping=False)
+    assert np.isfinite(model.history["nll_train"].to_numpy(float)).all()
+    theta = model.get_likelihood_parameters()["dispersion"]
+    assert np.isfinite(theta).all() and theta.max() <= 1e4 * 1.001

@@ -19,6 +19,10 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 NORM_ORDERS = ("act_bn", "bn_act")
+
+#: Bounds of the NB inverse dispersion's log, DCA's [1e-4, 1e4]: beyond them theta overflows
+#: float32 in lgamma(x + theta) - lgamma(theta) (the paper preset's ZINB hit log theta = 100).
+LOG_THETA_RANGE = (-9.21, 9.21)
 RESIDUALS = ("full", "none")
 
 
@@ -275,5 +279,7 @@ class Decoder(nn.Module):
         return {
             "log_mu": torch.log_softmax(self.mean(h), dim=-1),
             "logit_z": None if self.zero_inflation is None else self.zero_inflation(h),
-            "log_theta": None if self.dispersion is None else self.dispersion(h),
+            "log_theta": None
+            if self.dispersion is None
+            else self.dispersion(h).clamp(*LOG_THETA_RANGE),
         }
