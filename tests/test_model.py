@@ -290,3 +290,10 @@ def test_paper_preset_zinb_stays_finite():
     assert np.isfinite(model.history["nll_train"].to_numpy(float)).all()
     theta = model.get_likelihood_parameters()["dispersion"]
     assert np.isfinite(theta).all() and theta.max() <= 1e4 * 1.001
+
+
+def test_training_without_validation_cells(adata):
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, **TINY)
+    model.train(train_size=1.0, max_epochs=3, enable_progress_bar=False, batch_size=64)
+    assert "validation_loss" not in model.history and len(model.history["train_loss"]) == 3

@@ -295,7 +295,7 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
             scvi.settings.seed = seed
         train_size = defaults["train_size"] if train_size is None else train_size
         has_validation = train_size < 1.0 and self.adata.n_obs * (1 - train_size) >= 1
-        monitor = "validation_loss" if has_validation else "train_loss_epoch"
+        monitor = "validation_loss" if has_validation else "train_loss"
         plan = {k: defaults[k] for k in _TRAIN_PLAN_KEYS}
         if lr is not None:
             plan["lr"] = lr
@@ -307,6 +307,8 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
         trainer_kwargs.setdefault("early_stopping_monitor", monitor)
         if has_validation:
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        else:  # scvi turns validation on for early stopping; there is nothing to validate
+            trainer_kwargs.setdefault("limit_val_batches", 0)
         self.module.train()  # scvi leaves the module in eval mode after training
         return super().train(
             max_epochs=max_epochs or defaults["max_epochs"],
