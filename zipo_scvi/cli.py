@@ -150,15 +150,13 @@ def _setup(adata, setup_kwargs: dict[str, Any]) -> None:
 
 def _save_model(model, path: Path, save_anndata: bool = True) -> None:
     """Save the model (and its data) through a temporary folder (no half-written folder)."""
+    from .data._io import replace_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         model.save(str(tmp), overwrite=True, save_anndata=save_anndata)
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-        os.replace(tmp, path)
+        replace_path(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

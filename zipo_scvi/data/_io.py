@@ -306,6 +306,15 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> None:
             os.remove(tmp)
 
 
+def replace_path(tmp: Path, dest: Path) -> None:
+    """Move a finished file or folder ``tmp`` onto ``dest``, removing what ``dest`` held."""
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    elif dest.exists():
+        dest.unlink()
+    os.replace(tmp, dest)
+
+
 def _dense(matrix) -> np.ndarray:
     return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
 
@@ -368,11 +377,7 @@ def write_tsv_dir(
         pd.DataFrame(latent, index=adata.obs_names, columns=columns).to_csv(
             tmp / "latent.tsv", sep="\t", float_format="%.6g"
         )
-        if out.is_dir():
-            shutil.rmtree(out)
-        elif out.exists():
-            out.unlink()
-        os.replace(tmp, out)
+        replace_path(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
