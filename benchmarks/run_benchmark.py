@@ -110,6 +110,19 @@ def top_genes(adata, n_genes: int | None):
     return adata[:, keep].copy()
 
 
+def prepare_dataset(name: str, n_cells: int, n_genes: int, n_top_genes: int | None = 2000):
+    """Load a dataset as the benchmark scores it: real data cut to the genes with most counts
+    and to labelled cells; returns ``(adata, description, label_key)``."""
+    adata, desc, label_key = load_dataset(name, n_cells, n_genes)
+    if name != "sim":
+        adata = top_genes(adata, n_top_genes or None)
+        desc += f"; the {n_top_genes} genes with most counts" if n_top_genes else ""
+        if label_key is not None:  # doublets and the like are not a group
+            keep = ~adata.obs[label_key].astype(str).isin(["doublet", "nan", "unknown"])
+            adata = adata[keep.to_numpy()].copy()
+    return adata, f"{desc}; {adata.n_obs} cells x {adata.n_vars} genes", label_key
+
+
 def _stem(name: str) -> str:
     return Path(name).stem if name.endswith(".h5ad") else name
 
@@ -351,14 +364,7 @@ def main(argv=None) -> None:
     cmd = " ".join(["python benchmarks/run_benchmark.py", *(argv or sys.argv[1:])])
     for name in args.datasets:
         started = time.perf_counter()
-        adata, desc, label_key = load_dataset(name, args.n_cells, args.n_genes)
-        if name != "sim":
-            adata = top_genes(adata, args.top_genes or None)
-            desc += f"; the {args.top_genes} genes with most counts" if args.top_genes else ""
-            if label_key is not None:  # doublets and the like are not a group
-                keep = ~adata.obs[label_key].astype(str).isin(["doublet", "nan", "unknown"])
-                adata = adata[keep.to_numpy()].copy()
-        desc = f"{desc}; {adata.n_obs} cells x {adata.n_vars} genes"
+        adata, desc, label_key = prepare_dataset(name, args.n_cells, args.n_genes, args.top_genes)
         log(f"dataset {name}: {desc}")
         rows_path = out / f"rows_{_stem(name)}.csv"
         evaluate(

@@ -46,7 +46,11 @@ def test_every_public_method(adata, likelihood):
     np.testing.assert_allclose(observed.sum(1), np.asarray(adata.X.sum(1)).ravel(), rtol=1e-3)
     params = model.get_likelihood_parameters()
     latent_expr = model.get_normalized_expression(library_size="latent", return_numpy=True)
-    np.testing.assert_allclose(latent_expr, params["rate"], rtol=1e-5)
+    mu_np = mu.to_numpy()
+    np.testing.assert_allclose(latent_expr, mu_np * params["library"][:, None], rtol=1e-4)
+    # the likelihood's rate uses the observed library by default (the paper: the predicted one)
+    assert model.module.library_source == "observed"
+    np.testing.assert_allclose(params["rate"], observed, rtol=1e-4)
     assert params["library"].shape == (n,)
     assert ("zero_prob" in params) == likelihood.startswith("zi")
     assert ("dispersion" in params) == likelihood.endswith("nb")
@@ -213,6 +217,35 @@ def test_module_options(transform, residuals):
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert len(module.encoder.residuals) == (2 if residuals == "full" else 0)
+
+
+@pytest.mark.parametrize("source", ["observed", "latent"])
+def test_library_source_keeps_depth_out_of_the_latents(source):
+    module = ZiPoModule(30, encoder_sizes=(16, 4), library_source=source)
+    x = torch.poisson(torch.rand(12, 30) * 6)
+    tensors = {"X": x}
+    inf = module.inference(x)
+    gen = module.generative(**module._get_generative_input(tensors, inf))
+    rate_totals = gen["log_rate"].exp().sum(1)
+    if source == "observed":  # the likelihood's rate: mu times the cell's total count
+        torch.testing.assert_close(rate_totals, x.sum(1))
+    else:  # the paper: mu times the predicted library
+        torch.testing.assert_close(rate_totals, gen["log_library"].exp().squeeze(1))
+    # the library subnetwork's loss reaches the encoder only when the likelihood uses it
+    gen["log_library"].sum().backward()
+    grad = module.encoder.first.weight.grad
+    assert (grad is None or not grad.any()) == (source == "observed")
+    assert any(p.grad is not None and p.grad.any() for p in module.library.parameters())
+    loss = module.loss(
+        tensors, inf, module.generative(**module._get_generative_input(tensors, inf))
+    )
+    assert torch.isfinite(loss.loss)
+    assert ("library_nll" in loss.extra_metrics) == (source == "observed")
+
+
+def test_unknown_library_source_is_named():
+    with pytest.raises(ValueError, match="library_source"):
+        ZiPoModule(30, encoder_sizes=(16, 4), library_source="predicted")
 
 
 def test_sparse_csr_input_equals_dense_in_the_module():

@@ -458,7 +458,7 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
 
         def fn(tensors, g):
             if library_size == "latent":
-                values = g["log_rate"].exp()
+                values = (g["log_library"] + g["log_mu"]).exp()
             elif library_size == "observed":
                 x = tensors[REGISTRY_KEYS.X_KEY]
                 values = g["log_mu"].exp() * x.sum(dim=1, keepdim=True)

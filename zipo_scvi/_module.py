@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -10,11 +11,20 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
-from ._components import INPUT_TRANSFORMS, Decoder, Encoder, LibraryNet, _lookup, dense_input
+from ._components import (
+    INPUT_TRANSFORMS,
+    Decoder,
+    Encoder,
+    LibraryNet,
+    _lookup,
+    _row_sums,
+    dense_input,
+)
 from ._defaults import PAPER_MODULE
 from ._distributions import get_likelihood
 
 _P = PAPER_MODULE
+LIBRARY_SOURCES = ("latent", "observed")
 
 
 def scale_invariant_penalty(weight: torch.Tensor) -> torch.Tensor:
@@ -63,6 +73,12 @@ class ZiPoModule(BaseModuleClass):
         Hidden decoder blocks before the heads (empty: linear decoder).
     library_sizes
         Hidden sizes of the library-size subnetwork.
+    library_source
+        Library size in the likelihood: ``"latent"`` (paper: ``l = lib_log(V)``, so the
+        latents must carry sequencing depth) or ``"observed"`` (each cell's total count, as
+        scVI's ``use_observed_lib_size``; the library subnetwork is then fitted beside it on
+        detached latents by the Poisson likelihood of the total, so depth stays out of the
+        latents and ``library_size="latent"`` still works).
     likelihood
         ``"zip"``, ``"zinb"``, ``"poisson"`` or ``"nb"``.
     alpha_z, alpha_w, alpha_theta, alpha_library
@@ -95,6 +111,7 @@ class ZiPoModule(BaseModuleClass):
         latent_noise: float = _P["latent_noise"],
         decoder_sizes: Sequence[int] = _P["decoder_sizes"],
         library_sizes: Sequence[int] = _P["library_sizes"],
+        library_source: str = _P["library_source"],
         likelihood: str = _P["likelihood"],
         alpha_z: float = _P["alpha_z"],
         alpha_w: float = _P["alpha_w"],
@@ -104,6 +121,7 @@ class ZiPoModule(BaseModuleClass):
         super().__init__()
         self.likelihood = get_likelihood(likelihood)
         self.transform = _lookup(INPUT_TRANSFORMS, input_transform, "input_transform")
+        self.library_source = _lookup(LIBRARY_SOURCES, library_source, "library_source")
         self.n_input = n_input
         self.n_batch = n_batch
         self.n_cats_per_cov = list(n_cats_per_cov or [])
@@ -149,8 +167,10 @@ class ZiPoModule(BaseModuleClass):
     def _get_generative_input(
         self, tensors: dict[str, torch.Tensor], inference_outputs: dict, **kwargs
     ) -> dict:
+        x = tensors[REGISTRY_KEYS.X_KEY]
         return {
             "z": inference_outputs["z"],
+            "log_observed_library": torch.log(_row_sums(x).clamp_min(1.0)),
             "batch_index": tensors.get(REGISTRY_KEYS.BATCH_KEY),
             "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
             "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS_KEY),
@@ -198,14 +218,23 @@ class ZiPoModule(BaseModuleClass):
         cat_covs: torch.Tensor | None = None,
         cont_covs: torch.Tensor | None = None,
         transform_batch: int | None = None,
+        log_observed_library: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor | None]:
-        """Decode ``V = concat(U, U')`` into library size, mean, zero inflation, dispersion."""
+        """Decode ``V = concat(U, U')`` into library size, mean, zero inflation, dispersion.
+
+        ``log_library`` is the library subnetwork's prediction; ``log_rate`` is the rate the
+        likelihood uses (with the observed library when ``library_source="observed"`` and
+        ``log_observed_library`` is given).
+        """
         if transform_batch is not None and batch_index is not None:
             batch_index = torch.full_like(batch_index, int(transform_batch))
         v = torch.cat([z, self.covariates(z.shape[0], batch_index, cat_covs, cont_covs)], dim=1)
         heads = self.decoder(v)
-        log_library = self.library(v)
+        observed = self.library_source == "observed"
+        log_library = self.library(v.detach() if observed else v)
         heads["log_library"] = log_library
+        if observed and log_observed_library is not None:
+            log_library = log_observed_library.reshape(-1, 1).to(log_library)
         heads["log_rate"] = log_library + heads["log_mu"]
         heads["px"] = heads["log_mu"].exp()
         return heads
@@ -254,8 +283,16 @@ class ZiPoModule(BaseModuleClass):
             loss = loss + self.alpha_w * scale_invariant_penalty(
                 self.encoder.first.effective_weight()
             )
+        if self.library_source == "observed":
+            # the library subnetwork (on detached latents): Poisson likelihood of the total
+            total = x.sum(dim=1)
+            log_l = g["log_library"].squeeze(1) + math.log(rate_scale)
+            library_nll = log_l.exp() - total * log_l + torch.lgamma(total + 1)
+            loss = loss + library_nll.mean()
+            extra["library_nll"] = library_nll.mean().detach()
         if g["log_theta"] is not None:
             loss = loss + self.alpha_theta * g["log_theta"].pow(2).mean()
+        if g["log_theta"] is not None and self.library_source == "latent":
             library_gap = g["log_library"].exp().squeeze(1) * rate_scale - x.sum(dim=1)
             loss = loss + self.alpha_library * library_gap.pow(2).mean()
         return LossOutput(

@@ -496,7 +496,7 @@ def _output(name: str, g: dict[str, torch.Tensor], tensors, library_size) -> np.
     """One block of one output layer."""
     if name == "zipo_denoised":
         if library_size == "latent":
-            values = g["log_rate"].exp()
+            values = (g["log_library"] + g["log_mu"]).exp()
         elif library_size == "observed":
             x = tensors[REGISTRY_KEYS.X_KEY]
             x = x.to_dense() if x.is_sparse or x.layout == torch.sparse_csr else x
