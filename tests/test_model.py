@@ -330,3 +330,19 @@ def test_training_without_validation_cells(adata):
     model = ZIPO(adata, **TINY)
     model.train(train_size=1.0, max_epochs=3, enable_progress_bar=False, batch_size=64)
     assert "validation_loss" not in model.history and len(model.history["train_loss"]) == 3
+
+
+def test_scale_invariant_penalty_matches_autograd_and_is_scale_invariant():
+    from zipo_scvi._module import scale_invariant_penalty
+
+    torch.manual_seed(0)
+    w = torch.randn(6, 40, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(scale_invariant_penalty, (w,))
+    ref = (w.abs().mean(1) / w.pow(2).mean(1).sqrt()).mean()
+    torch.testing.assert_close(scale_invariant_penalty(w), ref)
+    scaled = w.detach() * torch.rand(6, 1, dtype=torch.float64).add(0.1).mul(100)
+    torch.testing.assert_close(scale_invariant_penalty(scaled), ref.detach())
+    # a neuron with all weights zero does not make it NaN
+    dead = torch.zeros(2, 5, requires_grad=True)
+    scale_invariant_penalty(dead).backward()
+    assert torch.isfinite(dead.grad).all()
