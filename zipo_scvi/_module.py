@@ -29,7 +29,8 @@ LIBRARY_SOURCES = ("latent", "observed")
 
 class _ScaleInvariantPenalty(torch.autograd.Function):
     """``mean_i(l1_i / l2_i)`` with a hand-written gradient: a few passes over the weights
-    instead of autograd's dozen (the penalty covers the whole first layer every step)."""
+    instead of autograd's dozen (the penalty covers the whole first layer every step).
+    """
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor) -> torch.Tensor:
