@@ -346,3 +346,12 @@ def test_scale_invariant_penalty_matches_autograd_and_is_scale_invariant():
     dead = torch.zeros(2, 5, requires_grad=True)
     scale_invariant_penalty(dead).backward()
     assert torch.isfinite(dead.grad).all()
+
+
+def test_schedule_names_are_accepted_by_train(adata):
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, **TINY)
+    model.train(**FAST, weight_decay=1e-3, lr_decay=0.5)
+    optimizer = model.trainer.optimizers[0]
+    assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(1e-3)
+    assert optimizer.defaults["fused"]  # one pass per parameter per step on CPU

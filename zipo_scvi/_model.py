@@ -279,7 +279,8 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
             Lightning device settings (``strategy="ddp"`` etc. go in ``trainer_kwargs``).
         plan_kwargs
             Overrides for :class:`~zipo_scvi._training.ZiPoTrainingPlan` (``lr_decay``,
-            ``lr_floor``, ``lr_patience``, ``lr_threshold``, ``lr_factor``, ``weight_decay``).
+            ``lr_floor``, ``lr_patience``, ``lr_threshold``, ``lr_factor``, ``weight_decay``;
+            these names are also accepted as keyword arguments of ``train`` itself).
         datasplitter_kwargs
             Passed to scvi's :class:`~scvi.dataloaders.DataSplitter`.
         **trainer_kwargs
@@ -301,6 +302,8 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
             plan["lr"] = lr
         if validation is not None:
             plan["validation"] = validation
+        # the preset's schedule names (lr_decay, weight_decay, ...) may be given directly
+        plan.update({k: trainer_kwargs.pop(k) for k in _TRAIN_PLAN_KEYS if k in trainer_kwargs})
         plan.update(plan_kwargs or {})
         plan["monitor"] = monitor
         trainer_kwargs.setdefault("early_stopping_patience", defaults["early_stopping_patience"])
