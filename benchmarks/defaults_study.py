@@ -151,7 +151,7 @@ def report() -> str:
         f"relative to `{REFERENCE}` (lower is better for both losses; for held-out Poisson "
         "+0.1% is already a clear loss: the scores are dominated by noise no method can remove)."
         f" Each row changes one setting of the default preset; values without an error bar come"
-        " from one seed (the simulator's secondary variants). Run on {first.get('date', '?')}, "
+        f" from one seed (the simulator's secondary variants). Run on {first.get('date', '?')}, "
         f"{first.get('machine', {}).get('cpu', '?')}, code {first.get('code', '?')}: "
         "`python benchmarks/defaults_study.py` (two workers), then `--report-only`."
     )

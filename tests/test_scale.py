@@ -110,7 +110,7 @@ def test_denoise_backed_streams_outputs_into_h5ad(h5ad, tmp_path):
     assert list(result.obs_names) == list(source.obs_names)
     assert not [c for c in result.obs.columns if c.startswith("_scvi")]
     params = model.get_likelihood_parameters()
-    denoised = model.get_normalized_expression(library_size="latent", return_numpy=True)
+    denoised = model.get_normalized_expression(library_size="observed", return_numpy=True)
     np.testing.assert_allclose(result.layers["zipo_denoised"], denoised, rtol=1e-4)
     np.testing.assert_allclose(result.layers["zipo_zero_prob"], params["zero_prob"], rtol=1e-4)
     np.testing.assert_allclose(result.obs["zipo_library"], params["library"], rtol=1e-4)

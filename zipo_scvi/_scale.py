@@ -360,7 +360,7 @@ def write_denoised(
     model: ZIPO,
     path: str | os.PathLike,
     adata: AnnData | BackedCollection | None = None,
-    library_size: float | Literal["latent", "observed"] = "latent",
+    library_size: float | Literal["latent", "observed"] = "observed",
     layers: Sequence[str] = OUTPUT_LAYERS,
     latent_key: str | None = "X_zipo",
     library_key: str | None = "zipo_library",

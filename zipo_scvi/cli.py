@@ -269,8 +269,10 @@ def _denoise(args: argparse.Namespace) -> int:
         write_text_atomic(dump_toml(settings, header), paths["--output (settings)"])
         _say(args, f"trained {epochs} epochs; wrote {', '.join(map(str, paths.values()))}")
         return EXIT_OK
+    # mu times each cell's observed total: the denoised value the benchmarks score best
+    # (README, "How the defaults were chosen"; the predicted library is obs["zipo_library"])
     adata.layers["zipo_denoised"] = model.get_normalized_expression(
-        library_size="latent", return_numpy=True
+        library_size="observed", return_numpy=True
     )
     params = model.get_likelihood_parameters()
     # Poisson and NB have no zero inflation: their zero probability is exactly 0.
