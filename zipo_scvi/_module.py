@@ -301,8 +301,9 @@ class ZiPoModule(BaseModuleClass):
             g["log_rate"] = g["log_rate"] + torch.log(torch.tensor(rate_scale, device=x.device))
         nll_cell = -self.log_likelihood(x, g).sum(dim=1)
         loss = nll_cell.mean()
-        rate = g["log_rate"].exp()
-        extra = {"nll": nll_cell.mean().detach(), "mse": (rate - x).pow(2).mean().detach()}
+        with torch.no_grad():  # a reported metric: no graph, nothing kept for backward
+            mse = torch.sub(g["log_rate"].exp(), x).square_().mean()
+        extra = {"nll": nll_cell.mean().detach(), "mse": mse}
         if g["logit_z"] is not None:
             zero_prob = torch.sigmoid(g["logit_z"])
             loss = loss + self.alpha_z * zero_prob.pow(2).mean()
