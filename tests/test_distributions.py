@@ -74,3 +74,26 @@ def test_zip_probabilities_sum_to_one():
     x = torch.arange(0, 200, dtype=torch.float64)
     total = log_zip(x, torch.tensor(np.log(20.0)), torch.tensor(-1.0)).exp().sum()
     assert total.item() == pytest.approx(1.0, abs=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_poisson_cell_sum_equals_the_gene_sum(dtype):
+    from zipo_scvi._distributions import log_poisson, log_poisson_cells
+
+    torch.manual_seed(0)
+    x = torch.poisson(torch.rand(20, 50, dtype=torch.float64) * 5)
+    x[0] = 0.0  # an empty cell
+    logits = torch.randn(20, 50, dtype=torch.float64)
+    log_l = torch.randn(20, 1, dtype=torch.float64) * 3 + 5
+
+    def value_and_grads(fn, cast):
+        lg, ll = cast(logits).requires_grad_(True), cast(log_l).requires_grad_(True)
+        out = fn(cast(x), torch.log_softmax(lg, dim=1), ll)
+        return (out, *torch.autograd.grad(out.sum(), (lg, ll)))
+
+    # reference: the gene-by-gene sum in float64
+    ref = value_and_grads(lambda x_, lm, ll: log_poisson(x_, ll + lm).sum(1), lambda t: t)
+    short = value_and_grads(log_poisson_cells, lambda t: t.to(dtype))
+    tol = {"rtol": 1e-5, "atol": 1e-3} if dtype == torch.float32 else {}
+    for a, b in zip(short, ref):
+        torch.testing.assert_close(a.double(), b, **tol)

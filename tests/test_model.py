@@ -355,3 +355,22 @@ def test_schedule_names_are_accepted_by_train(adata):
     optimizer = model.trainer.optimizers[0]
     assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(1e-3)
     assert optimizer.defaults["fused"]  # one pass per parameter per step on CPU
+
+
+def test_input_dropout_keeps_zeros_and_sparse_layout():
+    from zipo_scvi._components import drop_input
+
+    torch.manual_seed(0)
+    x = torch.poisson(torch.full((200, 100), 0.5))
+    out = drop_input(x, 0.25)
+    assert torch.equal(out[x == 0], torch.zeros_like(out[x == 0]))
+    kept = out[x > 0] / x[x > 0]
+    assert (
+        torch.isclose(kept, torch.tensor(0.0))
+        .logical_or(torch.isclose(kept, torch.tensor(1 / 0.75)))
+        .all()
+    )
+    assert abs(float((kept == 0).float().mean()) - 0.25) < 0.03
+    csr = drop_input(x.to_sparse_csr(), 0.25)
+    assert csr.layout == torch.sparse_csr and csr.values().numel() == int((x > 0).sum())
+    assert drop_input(x, 0.0) is x

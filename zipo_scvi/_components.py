@@ -37,6 +37,24 @@ def dense_input(x: torch.Tensor) -> torch.Tensor:
     return x.to_dense() if x.layout != torch.strided else x
 
 
+def drop_input(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout of the encoder's input (which needs no gradient).
+
+    A uniform draw compared with ``p`` instead of torch's Bernoulli sampler (less than half
+    the time on CPU); a sparse CSR minibatch keeps its layout, only its stored values are
+    dropped (dropping a zero changes nothing).
+    """
+    if p <= 0:
+        return x
+    if p >= 1:
+        return torch.zeros_like(x)
+    if x.layout == torch.sparse_csr:
+        values = x.values()
+        kept = values * (torch.rand_like(values) >= p) * (1.0 / (1.0 - p))
+        return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), kept, x.shape)
+    return x * (torch.rand_like(x) >= p) * (1.0 / (1.0 - p))
+
+
 def _log1p_sparse_aware(x: torch.Tensor) -> torch.Tensor:
     if x.layout == torch.sparse_csr:
         return torch.sparse_csr_tensor(
