@@ -93,6 +93,8 @@ class ZiPoTrainingPlan(TrainingPlan):
         self.lr_decay, self.lr_floor = lr_decay, lr_floor
         self.validation, self.monitor = validation, monitor
         self.molecule_split = molecule_split
+        self._epoch_sums: dict[str, torch.Tensor] = {}  # training metrics, summed per epoch
+        self._epoch_cells = 0
 
     def configure_optimizers(self):
         """Adam with a relative-threshold ReduceLROnPlateau (pytorch-ignite's, as in II-G)."""
@@ -115,6 +117,51 @@ class ZiPoTrainingPlan(TrainingPlan):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor},
         }
+
+    def training_step(self, batch, batch_idx):
+        """One optimisation step; its metrics are summed here and logged once per epoch.
+
+        scvi logs every metric on every step; each ``self.log`` call costs Lightning about
+        0.4 ms (it moves its result store to the value's device), ~5 ms of a 25 ms step.
+        The epoch values are the same cell-weighted means (``train_loss``, ``elbo_train``,
+        ``reconstruction_loss_train``, ``kl_local_train``, ``kl_global_train`` and the extra
+        metrics such as ``nll_train``).
+        """
+        _, _, out = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        n = out.n_obs_minibatch
+        sums = {
+            "train_loss": out.loss.detach() * n,
+            "reconstruction_loss_train": out.reconstruction_loss_sum.detach(),
+            "kl_local_train": out.kl_local_sum.detach(),
+        }
+        for key in out.extra_metrics_keys:
+            value = out.extra_metrics[key]
+            if isinstance(value, torch.Tensor) and value.dim() == 0:
+                sums[f"{key}_train"] = value.detach() * n
+        for key, value in sums.items():
+            acc = self._epoch_sums
+            acc[key] = acc[key] + value if key in acc else value
+        self._epoch_cells += n
+        return out.loss
+
+    def on_train_epoch_end(self):
+        """Log the epoch's cell-weighted means of the training metrics (see training_step)."""
+        acc, n = self._epoch_sums, self._epoch_cells
+        self._epoch_sums, self._epoch_cells = {}, 0
+        if not n:
+            return
+        values = {key: value / n for key, value in acc.items()}
+        values["kl_global_train"] = torch.zeros_like(values["train_loss"])
+        values["elbo_train"] = values["reconstruction_loss_train"] + values["kl_local_train"]
+        for key, value in values.items():
+            self.log(
+                key,
+                value,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=key == "train_loss",
+                sync_dist=self.use_sync_dist,
+            )
 
     def on_train_epoch_start(self):
         """Exponential warm phase: ``lr * decay^epoch`` until it reaches the floor."""
