@@ -410,7 +410,7 @@ def main(argv=None) -> None:
 
 
 SETTINGS = (
-    "ZIPO: default preset with its own training defaults (cap 300 epochs, early stopping on "
+    "ZIPO: default preset with its own training defaults (cap 1000 epochs, early stopping on "
     "held-out molecules); denoised = mu x the observed library, the convention of scVI's "
     "default. scVI and LDVAE: scvi-tools defaults, cap {cap} epochs (scvi's heuristic below "
     "20k cells) with early stopping on the validation ELBO. MAGIC: defaults, on sqrt of "

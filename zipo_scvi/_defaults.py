@@ -76,6 +76,9 @@ DEFAULT_MODULE_CHANGES: MappingProxyType = MappingProxyType(
 )
 DEFAULT_TRAIN_CHANGES: MappingProxyType = MappingProxyType(
     {
+        # a cap, not a length: early stopping on held-out molecules ends training (pbmc3k ~60
+        # epochs); small data sets (immune559: 2 steps per epoch) hit the paper's 300
+        "max_epochs": 1000,
         "validation": "molecules",
         "lr": 0.001,
         "lr_floor": 0.001,

@@ -260,7 +260,7 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
         Parameters
         ----------
         max_epochs
-            Epoch cap (preset: 300); early stopping usually ends sooner.
+            Epoch cap (default preset: 1000; paper: 300); early stopping usually ends sooner.
         lr
             Initial learning rate (paper: 0.0212, decaying by 0.9 per epoch to 0.001).
         batch_size
