@@ -195,6 +195,9 @@ def evaluate(
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean and lambda * SEM per dataset, method and metric."""
     ok = rows[rows.get("error").isna()] if "error" in rows else rows
+    # the benchmark's own order (ZIPO first), whatever order --rerun left the rows in
+    order = {label: i for i, label in enumerate(METHODS)}
+    ok = ok.sort_values("method", key=lambda m: m.map(order).fillna(len(order)), kind="stable")
     metrics = [m for m in METRICS if m in ok]
     grouped = ok.groupby(["dataset", "method"], sort=False)[metrics]
     mean, sem = grouped.mean(), grouped.sem() * ERROR_BAR_LAMBDA
