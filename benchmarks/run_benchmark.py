@@ -444,7 +444,7 @@ def goals(summary: pd.DataFrame, dataset: str, method: str = "ZIPO") -> str:
         if peers.empty or method not in values:
             continue
         best, zipo = peers.idxmin(), values[method]
-        gap = 100 * (zipo - peers[best]) / peers[best]
+        gap = 100 * (zipo - peers[best]) / abs(peers[best])
         verdict = "met" if zipo <= peers[best] else "not met"
         out.append(
             f"Goal, {METRICS[metric][0]} at least as good as every peer: {verdict} (ZIPO "
