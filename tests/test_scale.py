@@ -290,10 +290,15 @@ def test_torchrun_ddp_on_backed_file(h5ad, tmp_path):
             timeout=300,
             env=env,
         )
-        # a free port picked by torchrun can be taken by another job on a shared machine
-        if done.returncode == 0 or "address already in use" not in done.stderr.lower():
+        # a free port picked by torchrun can be taken by another job on a shared machine;
+        # a worker aborted by a signal (seen once in ~20 runs on a shared 2-core machine, not
+        # reproduced in 14 reruns) is retried once too, and its log kept for diagnosis
+        transient = "address already in use" in done.stderr.lower() or "Signal" in done.stderr
+        if done.returncode == 0 or not transient:
             break
-    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
+        (tmp_path / f"torchrun_attempt{_attempt}.log").write_text(done.stderr)
+    if done.returncode != 0:
+        pytest.fail(f"torchrun failed ({done.returncode}):\n{done.stderr[-6000:]}")
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["world_size"] == 2
     # each process sees half of the 180 training cells: ceil(90 / 32) = 3 batches, not 6
