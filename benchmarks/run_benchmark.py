@@ -429,6 +429,19 @@ SETTINGS = (
 )
 
 
+def _best_peer(sub: pd.DataFrame, metric: str, method: str = "ZIPO"):
+    """``(ZIPO's mean, best peer, its mean)`` on a metric of one dataset's summary (the
+    ``none`` baseline is not a peer), or None when either is missing."""
+    if ("mean", metric) not in sub:
+        return None
+    values = sub[("mean", metric)].dropna()
+    peers = values.drop(index=[method, "none (D = X)"], errors="ignore")
+    if peers.empty or method not in values:
+        return None
+    best = peers.idxmin() if METRICS[metric][1] else peers.idxmax()
+    return values[method], best, peers[best]
+
+
 def goals(summary: pd.DataFrame, dataset: str, method: str = "ZIPO") -> str:
     """The goals of issues 7 and 9: ZIPO at least as good as every peer on MCV Poisson and MSE
     to truth; its latents' ARI within 0.05 of the best peer's."""
@@ -437,31 +450,23 @@ def goals(summary: pd.DataFrame, dataset: str, method: str = "ZIPO") -> str:
         return ""
     out = []
     for metric in ("poisson", "mse_truth"):
-        if ("mean", metric) not in sub:
+        if (found := _best_peer(sub, metric, method)) is None:
             continue
-        values = sub[("mean", metric)].dropna()
-        peers = values.drop(index=[method, "none (D = X)"], errors="ignore")
-        if peers.empty or method not in values:
-            continue
-        best, zipo = peers.idxmin(), values[method]
-        gap = 100 * (zipo - peers[best]) / abs(peers[best])
-        verdict = "met" if zipo <= peers[best] else "not met"
+        zipo, best, peer = found
+        gap = 100 * (zipo - peer) / abs(peer)
+        verdict = "met" if zipo <= peer else "not met"
         out.append(
             f"Goal, {METRICS[metric][0]} at least as good as every peer: {verdict} (ZIPO "
-            f"{zipo:.5g}, best peer {best} {peers[best]:.5g}, {gap:+.1f}%)."
+            f"{zipo:.5g}, best peer {best} {peer:.5g}, {gap:+.1f}%)."
         )
     for metric in ("ari", "ari_leiden"):
-        if ("mean", metric) not in sub:
+        if (found := _best_peer(sub, metric, method)) is None:
             continue
-        values = sub[("mean", metric)].dropna()
-        peers = values.drop(index=[method, "none (D = X)"], errors="ignore")
-        if peers.empty or method not in values:
-            continue
-        best, zipo = peers.idxmax(), values[method]
-        verdict = "met" if zipo >= peers[best] - 0.05 else "not met"
+        zipo, best, peer = found
+        verdict = "met" if zipo >= peer - 0.05 else "not met"
         out.append(
             f"Goal, {METRICS[metric][0]} of the latents within 0.05 of the best peer's: "
-            f"{verdict} (ZIPO {zipo:.3f}, best peer {best} {peers[best]:.3f})."
+            f"{verdict} (ZIPO {zipo:.3f}, best peer {best} {peer:.3f})."
         )
     return " ".join(out)
 
@@ -490,45 +495,29 @@ def _link(path: Path) -> str:
         return path.as_posix()
 
 
-def _at_a_glance(out: Path, metas: list[dict]) -> str:
-    """One line per dataset: ZIPO against the best peer on held-out Poisson and on ARI."""
+def _at_a_glance(datasets: list[tuple[dict, pd.DataFrame, pd.DataFrame]]) -> str:
+    """One line per dataset: ZIPO against the best peer on held-out Poisson, ARI and MSE to
+    truth (``datasets``: meta, rows and summary of each)."""
     lines = [
         "| dataset | cells x genes | ZIPO held-out Poisson | best peer | ZIPO rank "
         "| ZIPO ARI k-means | best peer ARI | ZIPO MSE to truth | best peer | date, machine |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for meta in metas:
+    for meta, _rows, summary in datasets:
         name = meta["dataset"]
-        rows = pd.read_csv(out / f"rows_{_stem(name)}.csv")
-        if "error" not in rows:
-            rows["error"] = np.nan
-        summary = summarise(rows)
         sub = summary.loc[name]
-        if "ZIPO" not in sub.index or ("mean", "poisson") not in sub:
+        poisson = _best_peer(sub, "poisson")
+        if poisson is None:
             continue
-        means = sub[("mean", "poisson")].dropna()
-        peers = means.drop(index=["ZIPO", "none (D = X)"], errors="ignore")
-        best = peers.idxmin()
-        shape = meta["description"].rsplit("; ", 1)[-1]
-        cells = [
-            name,
-            shape,
-            f"{means['ZIPO']:.5f}",
-            f"{best} {peers[best]:.5f}",
-            ranks(summary, name).get("poisson", ""),
-        ]
-        if ("mean", "ari") in sub and not np.isnan(sub.loc["ZIPO", ("mean", "ari")]):
-            ari = sub[("mean", "ari")].drop(index=["none (D = X)"], errors="ignore").dropna()
-            best_ari = ari.drop(index="ZIPO").idxmax()
-            cells += [f"{ari['ZIPO']:.3f}", f"{best_ari} {ari[best_ari]:.3f}"]
-        else:
-            cells += ["(no labels)", ""]
-        if ("mean", "mse_truth") in sub and not np.isnan(sub.loc["ZIPO", ("mean", "mse_truth")]):
-            mse = sub[("mean", "mse_truth")].drop(index=["none (D = X)"], errors="ignore")
-            best_mse = mse.drop(index="ZIPO").dropna().idxmin()
-            cells += [f"{mse['ZIPO']:.3f}", f"{best_mse} {mse[best_mse]:.3f}"]
-        else:
-            cells += ["(no truth)", ""]
+        cells = [name, meta["description"].rsplit("; ", 1)[-1]]
+        cells += [f"{poisson[0]:.5f}", f"{poisson[1]} {poisson[2]:.5f}"]
+        cells.append(ranks(summary, name).get("poisson", ""))
+        for metric, missing in (("ari", "(no labels)"), ("mse_truth", "(no truth)")):
+            found = _best_peer(sub, metric)
+            if found is None:
+                cells += [missing, ""]
+            else:
+                cells += [f"{found[0]:.3f}", f"{found[1]} {found[2]:.3f}"]
         cells.append(f"{meta['date']}, {meta['machine']['cpu']}")
         lines.append("| " + " | ".join(cells) + " |")
     if len(lines) == 2:
@@ -548,17 +537,19 @@ def build_report(out: Path) -> str:
     ]
     metas = [json.loads(p.read_text()) for p in sorted(out.glob("meta_*.json"))]
     metas.sort(key=lambda m: (m["dataset"] != "sim", m["dataset"]))
-    glance = _at_a_glance(out, metas)
-    if glance:
-        parts[1:1] = ["", glance]
+    datasets = []
     for meta in metas:
-        name = meta["dataset"]
-        rows = pd.read_csv(out / f"rows_{_stem(name)}.csv")
+        rows = pd.read_csv(out / f"rows_{_stem(meta['dataset'])}.csv")
         if "error" not in rows:
             rows["error"] = np.nan
         summary = summarise(rows)
-        if name not in summary.index.get_level_values(0):
-            continue
+        if meta["dataset"] in summary.index.get_level_values(0):
+            datasets.append((meta, rows, summary))
+    glance = _at_a_glance(datasets)
+    if glance:
+        parts[1:1] = ["", glance]
+    for meta, rows, summary in datasets:
+        name = meta["dataset"]
         fig_path = out / f"benchmark_{_stem(name)}.png"
         figure(summary, name, fig_path)
         rank = ranks(summary, name)
