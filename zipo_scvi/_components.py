@@ -37,6 +37,15 @@ def dense_input(x: torch.Tensor) -> torch.Tensor:
     return x.to_dense() if x.layout != torch.strided else x
 
 
+def _map_values(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Apply an elementwise ``fn`` (with ``fn(0) = 0``) to a dense or sparse CSR tensor; a CSR
+    tensor keeps its layout and only its stored values are touched.
+    """
+    if x.layout == torch.sparse_csr:
+        return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), fn(x.values()), x.shape)
+    return fn(x)
+
+
 def drop_input(x: torch.Tensor, p: float) -> torch.Tensor:
     """Inverted dropout of the encoder's input (which needs no gradient).
 
@@ -48,19 +57,11 @@ def drop_input(x: torch.Tensor, p: float) -> torch.Tensor:
         return x
     if p >= 1:
         return torch.zeros_like(x)
-    if x.layout == torch.sparse_csr:
-        values = x.values()
-        kept = values * (torch.rand_like(values) >= p) * (1.0 / (1.0 - p))
-        return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), kept, x.shape)
-    return x * (torch.rand_like(x) >= p) * (1.0 / (1.0 - p))
+    return _map_values(x, lambda v: v * (torch.rand_like(v) >= p) * (1.0 / (1.0 - p)))
 
 
 def _log1p_sparse_aware(x: torch.Tensor) -> torch.Tensor:
-    if x.layout == torch.sparse_csr:
-        return torch.sparse_csr_tensor(
-            x.crow_indices(), x.col_indices(), torch.log1p(x.values()), x.shape
-        )
-    return torch.log1p(x)
+    return _map_values(x, torch.log1p)
 
 
 def _scale_rows(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:

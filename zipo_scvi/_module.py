@@ -22,7 +22,7 @@ from ._components import (
     drop_input,
 )
 from ._defaults import PAPER_MODULE
-from ._distributions import get_likelihood, log_poisson_cells
+from ._distributions import get_likelihood, log_poisson, log_poisson_cells
 
 _P = PAPER_MODULE
 LIBRARY_SOURCES = ("latent", "observed")
@@ -196,10 +196,12 @@ class ZiPoModule(BaseModuleClass):
     def _get_generative_input(
         self, tensors: dict[str, torch.Tensor], inference_outputs: dict, **kwargs
     ) -> dict:
-        x = tensors[REGISTRY_KEYS.X_KEY]
+        observed = None
+        if self.library_source == "observed":  # only then does the likelihood use it
+            observed = torch.log(_row_sums(tensors[REGISTRY_KEYS.X_KEY]).clamp_min(1.0))
         return {
             "z": inference_outputs["z"],
-            "log_observed_library": torch.log(_row_sums(x).clamp_min(1.0)),
+            "log_observed_library": observed,
             "batch_index": tensors.get(REGISTRY_KEYS.BATCH_KEY),
             "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
             "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS_KEY),
@@ -210,7 +212,7 @@ class ZiPoModule(BaseModuleClass):
     def inference(self, x: torch.Tensor, n_samples: int = 1) -> dict[str, torch.Tensor]:
         """Encode counts into the latents ``U`` (returned as ``"z"``, deterministic)."""
         h = self.transform(x)
-        if self.training and self.input_dropout.p > 0:
+        if self.training:
             h = drop_input(h, self.input_dropout.p)
         u = self.encoder(h)
         if self.training and self.latent_noise > 0 and u.shape[0] > 1:
@@ -323,7 +325,7 @@ class ZiPoModule(BaseModuleClass):
             # the library subnetwork (on detached latents): Poisson likelihood of the total
             total = x.sum(dim=1)
             log_l = g["log_library"].squeeze(1) + math.log(rate_scale)
-            library_nll = log_l.exp() - total * log_l + torch.lgamma(total + 1)
+            library_nll = -log_poisson(total, log_l)
             loss = loss + library_nll.mean()
             extra["library_nll"] = library_nll.mean().detach()
         if g["log_theta"] is not None:

@@ -138,8 +138,8 @@ class ZiPoTrainingPlan(TrainingPlan):
             value = out.extra_metrics[key]
             if isinstance(value, torch.Tensor) and value.dim() == 0:
                 sums[f"{key}_train"] = value.detach() * n
+        acc = self._epoch_sums
         for key, value in sums.items():
-            acc = self._epoch_sums
             acc[key] = acc[key] + value if key in acc else value
         self._epoch_cells += n
         return out.loss
