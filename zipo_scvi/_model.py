@@ -24,7 +24,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from ._checks import check_counts, check_obs_keys
 from ._defaults import preset as get_preset
-from ._module import ZiPoModule
+from ._module import ZiPoModule, denoised_expression
 from ._scale import check_saved_genes
 from ._sparsity import SparsityMixin
 from ._training import ZiPoTrainingPlan
@@ -473,13 +473,7 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
             genes = adata_.var_names.get_indexer(gene_list)
 
         def fn(tensors, g):
-            if library_size == "latent":
-                values = (g["log_library"] + g["log_mu"]).exp()
-            elif library_size == "observed":
-                x = tensors[REGISTRY_KEYS.X_KEY]
-                values = g["log_mu"].exp() * x.sum(dim=1, keepdim=True)
-            else:
-                values = g["log_mu"].exp() * float(library_size)
+            values = denoised_expression(g, tensors[REGISTRY_KEYS.X_KEY], library_size)
             return values[:, genes].cpu().numpy()
 
         values = self._collect(fn, adata, indices, batch_size, transform_batch)

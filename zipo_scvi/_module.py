@@ -66,6 +66,23 @@ def scale_invariant_penalty(weight: torch.Tensor) -> torch.Tensor:
     return _ScaleInvariantPenalty.apply(weight)
 
 
+def denoised_expression(
+    generative_outputs: dict[str, torch.Tensor], x: torch.Tensor, library_size
+) -> torch.Tensor:
+    """Denoised expression of a minibatch from its decoded outputs.
+
+    ``library_size``: ``"latent"`` (``mu`` times the predicted library), ``"observed"``
+    (``mu`` times the cell's total count in ``x``, dense or sparse) or a number.
+    """
+    g = generative_outputs
+    if library_size == "latent":
+        return (g["log_library"] + g["log_mu"]).exp()
+    if library_size == "observed":
+        totals = dense_input(x).sum(dim=1, keepdim=True).to(g["log_mu"].device)
+        return g["log_mu"].exp() * totals
+    return g["log_mu"].exp() * float(library_size)
+
+
 class ZiPoModule(BaseModuleClass):
     """The ZiPo autoencoder of Sharifitabar et al. (paper II-C, II-D) as an scvi-tools module.
 

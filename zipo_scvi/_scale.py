@@ -26,6 +26,7 @@ from scvi import REGISTRY_KEYS
 from scvi.dataloaders import CollectionAdapter
 from scvi.dataloaders._anncollection import ArrayFakerSparse
 
+from ._module import denoised_expression
 from .data._simulate import batch_effects, cell_obs, cell_rates, de_factors, gene_base_means
 
 if TYPE_CHECKING:
@@ -495,14 +496,7 @@ def write_denoised(
 def _output(name: str, g: dict[str, torch.Tensor], tensors, library_size) -> np.ndarray:
     """One block of one output layer."""
     if name == "zipo_denoised":
-        if library_size == "latent":
-            values = (g["log_library"] + g["log_mu"]).exp()
-        elif library_size == "observed":
-            x = tensors[REGISTRY_KEYS.X_KEY]
-            x = x.to_dense() if x.is_sparse or x.layout == torch.sparse_csr else x
-            values = g["log_mu"].exp() * x.sum(dim=1, keepdim=True).to(g["log_mu"].device)
-        else:
-            values = g["log_mu"].exp() * float(library_size)
+        values = denoised_expression(g, tensors[REGISTRY_KEYS.X_KEY], library_size)
     elif name == "zipo_zero_prob":
         if g["logit_z"] is None:  # Poisson and NB: no zero inflation
             values = torch.zeros_like(g["log_mu"])
