@@ -69,11 +69,14 @@ def _check_outputs(result, source, encoder=(16, 4), epochs=2):
     n, g = source.shape
     denoised = result.layers["zipo_denoised"]
     assert denoised.shape == (n, g) and np.isfinite(denoised).all() and (denoised > 0).all()
-    z = result.layers["zipo_zero_prob"]
-    assert z.shape == (n, g) and (z >= 0).all() and (z <= 1).all()
+    assert "zipo_zero_prob" not in result.layers  # the default Poisson has no zero inflation
+    assert denoised.dtype == np.float32 and result.obsm["X_zipo"].dtype == np.float32
     assert result.obsm["X_zipo"].shape == (n, encoder[-1])
     assert np.isfinite(result.obsm["X_zipo"]).all()
-    assert (result.obs["zipo_library"] > 0).all()
+    assert (result.obs["zipo_predicted_library"] > 0).all()
+    totals = dense(source).sum(axis=1)  # the denoised layer's library is the observed total
+    np.testing.assert_allclose(result.obs["zipo_observed_library"], totals, rtol=1e-5)
+    np.testing.assert_allclose(denoised.sum(axis=1), totals, rtol=1e-3)
     np.testing.assert_array_equal(dense(result), dense(source))  # counts kept as they were
     info = result.uns["zipo"]
     assert list(info["settings"]["model"]["encoder_sizes"]) == list(encoder)
@@ -135,13 +138,14 @@ def test_flags_override_file_zinb_tsv_dir_and_poisson(tmp_path, counts, config):
     assert mean.shape == (counts.n_vars, counts.n_obs)  # genes x cells, like DCA
     np.testing.assert_allclose(mean.to_numpy().T, result.layers["zipo_denoised"], rtol=1e-4)
 
-    out2 = tmp_path / "poisson.h5ad"
+    out2, tsv2 = tmp_path / "poisson.h5ad", tmp_path / "tsv2"
     assert main(["denoise", str(src), "-o", str(out2), "--config", str(config), "--quiet",
-                 "--likelihood", "poisson"]) == 0  # fmt: skip
+                 "--likelihood", "poisson", "--tsv-dir", str(tsv2)]) == 0  # fmt: skip
     plain = anndata.read_h5ad(out2)
     assert plain.uns["zipo"]["settings"]["model"]["likelihood"] == "poisson"
-    assert (plain.layers["zipo_zero_prob"] == 0).all()  # no zero inflation in a Poisson model
-    assert "zipo_dispersion" not in plain.layers
+    # only what the likelihood has: no zero inflation, no dispersion
+    assert "zipo_zero_prob" not in plain.layers and "zipo_dispersion" not in plain.layers
+    assert sorted(p.name for p in tsv2.iterdir()) == ["latent.tsv", "mean.tsv"]
 
 
 def test_progress_messages_quiet_and_force(tmp_path, counts, config, capsys):
@@ -169,7 +173,8 @@ def test_save_model_report_info_and_prune(tmp_path, counts, config, capsys):
     cmd += ["--batch-key", "batch", "--save-model", str(model_dir), "--report", str(report)]
     assert main([*cmd, "--quiet"]) == 0
     pngs = sorted(p.name for p in report.iterdir())
-    assert pngs == ["denoised_vs_raw.png", "history.png", "latent_umap.png", "zero_inflation.png"]
+    # the default Poisson likelihood has no zero inflation: no zero-inflation plot
+    assert pngs == ["denoised_vs_raw.png", "history.png", "latent_umap.png"]
     assert all((report / p).stat().st_size > 1000 for p in pngs)
     capsys.readouterr()
     assert main(["info", str(model_dir)]) == 0
@@ -199,14 +204,20 @@ def test_tune_writes_best_settings_that_denoise_reads(tmp_path, counts, config, 
     )
     best, db = tmp_path / "best.toml", tmp_path / "study.db"
     cmd = ["tune", str(src), "--n-trials", "2", "--config", str(config), "-o", str(best)]
-    assert main([*cmd, "--storage", str(db), "--quiet"]) == 0
+    assert build_parser().parse_args(cmd).objective == "mcv"  # the recommended objective
+    assert main([*cmd, "--storage", str(db), "--quiet", "--objective", "validation_nll"]) == 0
     assert db.exists()
     chosen = load_config(best)
     assert chosen["model"]["encoder_sizes"] in ([16, 4], [8, 2])
     assert 0.01 <= chosen["model"]["alpha_z"] <= 1.0
-    assert chosen["train"]["max_epochs"] == 2
+    # the search's 2 epochs and whole-cell validation are not the final run's training
+    assert chosen["train"]["max_epochs"] == preset("default")[1]["max_epochs"]
+    assert chosen["train"]["validation"] == preset("default")[1]["validation"]
+    assert chosen["train"]["batch_size"] == 64  # a fixed setting that is not the search budget
+    assert "not carried over" in best.read_text()
     out = tmp_path / "tuned.h5ad"
-    assert main(["denoise", str(src), "-o", str(out), "--config", str(best), "--quiet"]) == 0
+    cmd2 = ["denoise", str(src), "-o", str(out), "--config", str(best), "--epochs", "2"]
+    assert main([*cmd2, "--quiet"]) == 0
     result = anndata.read_h5ad(out)
     assert result.obsm["X_zipo"].shape[1] == chosen["model"]["encoder_sizes"][-1]
     bad = TINY_TOML + '\n[search]\nalpha_z = ["loguniform", 1.0, 0.1]\n'
@@ -438,8 +449,9 @@ def test_denoise_writes_every_output(tmp_path):
     assert main(["denoise", str(src), "-o", str(out), "--epochs", "2", "--quiet"]) == 0
     result = anndata.read_h5ad(out)
     assert result.layers["zipo_denoised"].shape == (120, 40)
-    assert "zipo_zero_prob" in result.layers and "X_zipo" in result.obsm
-    assert "zipo_library" in result.obs and "history" in result.uns["zipo"]
+    assert "zipo_zero_prob" not in result.layers and "X_zipo" in result.obsm
+    assert "zipo_predicted_library" in result.obs and "zipo_observed_library" in result.obs
+    assert "history" in result.uns["zipo"]
     assert result.uns["zipo"]["settings"]["model"]["preset"] == "default"
 
 

@@ -1,24 +1,43 @@
-"""zipo_scvi: ZiPo, a deep zero-inflated Poisson autoencoder for scRNA-seq, in scvi-tools."""
+"""zipo_scvi: ZiPo, a deep zero-inflated Poisson autoencoder for scRNA-seq, in scvi-tools.
 
-from . import data, pl
-from ._defaults import preset
-from ._model import ZIPO
-from ._module import ZiPoModule
-from ._scale import read_backed, write_denoised
-from ._tune import best_settings, compare_seeds, tune
+The names below are imported on first use (PEP 562), so ``import zipo_scvi`` and the ``zipo``
+command's ``--help`` and ``--version`` do not load torch and scvi-tools.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ZIPO",
-    "ZiPoModule",
-    "__version__",
-    "best_settings",
-    "compare_seeds",
-    "data",
-    "pl",
-    "preset",
-    "read_backed",
-    "tune",
-    "write_denoised",
-]
+#: Public name -> the submodule that defines it (``None``: the name is a submodule).
+_LAZY = {
+    "ZIPO": "._model",
+    "ZiPoModule": "._module",
+    "best_settings": "._tune",
+    "compare_seeds": "._tune",
+    "data": None,
+    "pl": None,
+    "pp": None,
+    "preset": "._defaults",
+    "read_backed": "._scale",
+    "tune": "._tune",
+    "write_denoised": "._scale",
+}
+
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'zipo_scvi' has no attribute {name!r}")
+    where = _LAZY[name]
+    module = importlib.import_module(f".{name}" if where is None else where, __name__)
+    value = module if where is None else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -499,13 +499,30 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """Return the fitted distribution's parameters per cell and gene.
+        """Return the fitted distribution's parameters per cell and gene (float32 arrays).
+
+        Parameters
+        ----------
+        adata, indices, batch_size
+            See :meth:`get_latent_representation`.
 
         Returns
         -------
-        Dictionary with ``rate`` (``l * mu``), ``mean`` (``(1 - z) l mu``), ``library``
-        (predicted ``l``, one per cell), and, where the likelihood has them, ``zero_prob``
-        (``z``) and ``dispersion`` (``theta``).
+        Dictionary whose keys depend on the likelihood:
+
+        - always ``rate`` (cells x genes: ``mu`` times the library the likelihood uses, i.e.
+          the cell's observed total count with the default ``library_source="observed"``,
+          the predicted ``l`` with ``"latent"``), ``mean`` (cells x genes: the expected count,
+          ``(1 - z) * rate``; equal to ``rate`` without zero inflation) and ``library`` (one
+          per cell: the library subnetwork's predicted ``l``, not the observed total);
+        - ``zero_prob`` (``z``) only for ``"zip"`` and ``"zinb"``;
+        - ``dispersion`` (``theta``) only for ``"nb"`` and ``"zinb"``.
+
+        Examples
+        --------
+        >>> params = model.get_likelihood_parameters()  # doctest: +SKIP
+        >>> sorted(params)  # a ZIP model  # doctest: +SKIP
+        ['library', 'mean', 'rate', 'zero_prob']
         """
         out: dict[str, list[np.ndarray]] = {}
         for tensors in self._batches(adata, indices, batch_size):

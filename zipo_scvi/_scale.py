@@ -11,7 +11,7 @@ block of cells at a time, so no cells x genes matrix is ever held whole in memor
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,7 +26,9 @@ from scvi import REGISTRY_KEYS
 from scvi.dataloaders import CollectionAdapter
 from scvi.dataloaders._anncollection import ArrayFakerSparse
 
+from ._components import dense_input
 from ._module import denoised_expression
+from .data._io import OUTPUT_KEYS
 from .data._simulate import batch_effects, cell_obs, cell_rates, de_factors, gene_base_means
 
 if TYPE_CHECKING:
@@ -38,8 +40,24 @@ BACKED_MEMORY_FRACTION = 0.25
 #: Cells per block when streaming outputs and simulated counts to disk.
 CHUNK_CELLS = 10_000
 
+#: Keys of the latents and of the predicted and observed library sizes in the outputs.
+LATENT_KEY = OUTPUT_KEYS["latent"][1]
+PREDICTED_LIBRARY_KEY = OUTPUT_KEYS["predicted_library"][1]
+OBSERVED_LIBRARY_KEY = OUTPUT_KEYS["observed_library"][1]
+
 #: The layers :func:`write_denoised` can write (name in the output file -> what it holds).
 OUTPUT_LAYERS = ("zipo_denoised", "zipo_zero_prob", "zipo_dispersion")
+
+
+def output_layers(module, layers: Sequence[str] = OUTPUT_LAYERS) -> list[str]:
+    """The ``layers`` the module's likelihood has: ``zipo_zero_prob`` only with zero inflation
+    (ZIP, ZINB), ``zipo_dispersion`` only with an NB dispersion (NB, ZINB).
+    """
+    has = {
+        "zipo_zero_prob": module.likelihood.zero_inflated,
+        "zipo_dispersion": module.likelihood.dispersion,
+    }
+    return [name for name in layers if has.get(name, True)]
 
 
 # ---------------------------------------------------------------------- reading
@@ -363,8 +381,9 @@ def write_denoised(
     adata: AnnData | BackedCollection | None = None,
     library_size: float | Literal["latent", "observed"] = "observed",
     layers: Sequence[str] = OUTPUT_LAYERS,
-    latent_key: str | None = "X_zipo",
-    library_key: str | None = "zipo_library",
+    latent_key: str | None = LATENT_KEY,
+    library_key: str | None = PREDICTED_LIBRARY_KEY,
+    observed_key: str | None = OBSERVED_LIBRARY_KEY,
     batch_size: int = 1024,
     compression: str | None = None,
     uns: Mapping[str, Any] | None = None,
@@ -374,9 +393,11 @@ def write_denoised(
     The output holds the input's counts and annotations (for a backed input, every element of
     its file is copied at the HDF5 level, block by block), plus the model's outputs:
     ``layers["zipo_denoised"]`` (dense float32, ``library_size`` as in
-    :meth:`ZIPO.get_normalized_expression`), ``layers["zipo_zero_prob"]``,
-    ``layers["zipo_dispersion"]`` (NB likelihoods), ``obsm["X_zipo"]`` and
-    ``obs["zipo_library"]``. The file is written under a temporary name and renamed when done.
+    :meth:`ZIPO.get_normalized_expression`), ``layers["zipo_zero_prob"]`` (zero-inflated
+    likelihoods only), ``layers["zipo_dispersion"]`` (NB likelihoods only), ``obsm["X_zipo"]``,
+    ``obs["zipo_predicted_library"]`` (the library subnetwork's ``l``) and
+    ``obs["zipo_observed_library"]`` (each cell's total count: what ``"observed"`` denoised
+    values are scaled to). The file is written under a temporary name and renamed when done.
 
     Parameters
     ----------
@@ -392,10 +413,11 @@ def write_denoised(
         number (``mu`` scaled to it).
     layers
         Which of ``"zipo_denoised"``, ``"zipo_zero_prob"``, ``"zipo_dispersion"`` to write
-        (those the likelihood does not have are skipped: ``zero_prob`` is 0 without zero
-        inflation and is written as 0, ``dispersion`` exists only for NB likelihoods).
-    latent_key, library_key
-        ``obsm`` key of the latents and ``obs`` column of the predicted library (``None``: skip).
+        (those the likelihood does not have are skipped: ``zero_prob`` exists only for ZIP and
+        ZINB, ``dispersion`` only for NB and ZINB).
+    latent_key, library_key, observed_key
+        ``obsm`` key of the latents, ``obs`` columns of the predicted library ``l`` and of the
+        observed total count (``None``: skip).
     batch_size
         Cells per block: memory grows with ``batch_size x n_genes``, not with the cells.
     compression
@@ -433,8 +455,7 @@ def write_denoised(
     tmp = path.with_name(path.name + ".tmp")
     n_obs, n_vars = adata.n_obs, adata.n_vars
     module = model.module
-    has_theta = bool(module.likelihood.dispersion)
-    wanted = [name for name in layers if name != "zipo_dispersion" or has_theta]
+    wanted = output_layers(module, layers)
     obs = _clean_obs(adata.obs)
     try:
         if source is not None:
@@ -458,25 +479,22 @@ def write_denoised(
             if latent_key is not None:
                 latent = _dense(obsm_group, latent_key, (n_obs, module.n_latent), batch_size, None)
             library = np.empty(n_obs, dtype=np.float32)
+            observed = np.empty(n_obs, dtype=np.float32)
             start = 0
-            module.eval()
-            loader = model._make_data_loader(adata=adata, indices=None, batch_size=batch_size)
-            with torch.inference_mode():
-                for tensors in loader:
-                    inference = module.inference(**module._get_inference_input(tensors))
-                    g = module.generative(**module._get_generative_input(tensors, inference))
-                    stop = start + inference["z"].shape[0]
-                    rows = slice(start, stop)
-                    if latent is not None:
-                        latent[rows] = inference["z"].cpu().numpy()
-                    library[rows] = g["log_library"].exp().squeeze(1).cpu().numpy()
-                    for name, dataset in datasets.items():
-                        dataset[rows] = _output(name, g, tensors, library_size)
-                    start = stop
+            for rows, block in output_blocks(model, adata, wanted, library_size, batch_size):
+                if latent is not None:
+                    latent[rows] = block[LATENT_KEY]
+                library[rows] = block[PREDICTED_LIBRARY_KEY]
+                observed[rows] = block[OBSERVED_LIBRARY_KEY]
+                for name, dataset in datasets.items():
+                    dataset[rows] = block[name]
+                start = rows.stop
             if start != n_obs:
                 raise RuntimeError(f"Wrote {start} of {n_obs} cells; the loader ended early.")
             if library_key is not None:
                 obs[library_key] = library
+            if observed_key is not None:
+                obs[observed_key] = observed
             if "obs" in dst:
                 del dst["obs"]
             write_elem(dst, "obs", obs)
@@ -498,13 +516,88 @@ def _output(name: str, g: dict[str, torch.Tensor], tensors, library_size) -> np.
     if name == "zipo_denoised":
         values = denoised_expression(g, tensors[REGISTRY_KEYS.X_KEY], library_size)
     elif name == "zipo_zero_prob":
-        if g["logit_z"] is None:  # Poisson and NB: no zero inflation
-            values = torch.zeros_like(g["log_mu"])
-        else:
-            values = torch.sigmoid(g["logit_z"])
+        values = torch.sigmoid(g["logit_z"])
     else:
         values = g["log_theta"].exp()
     return values.float().cpu().numpy()
+
+
+def output_blocks(
+    model: ZIPO,
+    adata: AnnData | BackedCollection | None,
+    layers: Sequence[str],
+    library_size: float | Literal["latent", "observed"],
+    batch_size: int | None,
+) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
+    """ZIPO's outputs for one block of cells at a time (float32), in the order of the cells.
+
+    Yields ``(rows, block)``: ``block`` maps each name in ``layers``, ``"X_zipo"``,
+    ``"zipo_predicted_library"`` and ``"zipo_observed_library"`` to that block's values.
+    """
+    module = model.module
+    module.eval()
+    loader = model._make_data_loader(adata=adata, indices=None, batch_size=batch_size)
+    start = 0
+    with torch.inference_mode():
+        for tensors in loader:
+            inference = module.inference(**module._get_inference_input(tensors))
+            g = module.generative(**module._get_generative_input(tensors, inference))
+            x = tensors[REGISTRY_KEYS.X_KEY]
+            block = {
+                LATENT_KEY: inference["z"].float().cpu().numpy(),
+                PREDICTED_LIBRARY_KEY: g["log_library"].exp().squeeze(1).float().cpu().numpy(),
+                OBSERVED_LIBRARY_KEY: dense_input(x).sum(dim=1).float().cpu().numpy(),
+            }
+            for name in layers:
+                block[name] = _output(name, g, tensors, library_size)
+            stop = start + block[LATENT_KEY].shape[0]
+            yield slice(start, stop), block
+            start = stop
+
+
+def add_outputs(
+    model: ZIPO,
+    adata: AnnData | None = None,
+    library_size: float | Literal["latent", "observed"] = "observed",
+    batch_size: int | None = None,
+) -> AnnData:
+    """Put ZIPO's outputs into an in-memory AnnData (what ``zipo denoise`` writes).
+
+    ``layers["zipo_denoised"]`` (``library_size`` as in
+    :meth:`ZIPO.get_normalized_expression`; default: ``mu`` times each cell's observed total),
+    ``layers["zipo_zero_prob"]`` (ZIP and ZINB only), ``layers["zipo_dispersion"]`` (NB and
+    ZINB only), ``obsm["X_zipo"]``, ``obs["zipo_predicted_library"]`` (the library
+    subnetwork's ``l``) and ``obs["zipo_observed_library"]`` (each cell's total count), all
+    float32. One pass over the cells.
+
+    Parameters
+    ----------
+    model
+        A trained :class:`~zipo_scvi.ZIPO`.
+    adata
+        AnnData registered like the model's; default: the model's data.
+    library_size
+        See :meth:`ZIPO.get_normalized_expression`.
+    batch_size
+        Cells per minibatch.
+
+    Returns
+    -------
+    ``adata`` (changed in place).
+    """
+    adata = model._validate_anndata(adata)
+    names = output_layers(model.module)
+    parts: dict[str, list[np.ndarray]] = {}
+    for _rows, block in output_blocks(model, adata, names, library_size, batch_size):
+        for key, value in block.items():
+            parts.setdefault(key, []).append(value)
+    values = {key: np.concatenate(value, axis=0) for key, value in parts.items()}
+    for name in names:
+        adata.layers[name] = values[name]
+    adata.obsm[LATENT_KEY] = values[LATENT_KEY]
+    for key in (PREDICTED_LIBRARY_KEY, OBSERVED_LIBRARY_KEY):
+        adata.obs[key] = values[key]
+    return adata
 
 
 # ---------------------------------------------------------------------- the CLI's backed path

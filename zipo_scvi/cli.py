@@ -125,7 +125,7 @@ def _set_threads(run: dict[str, Any]) -> None:
         torch.set_num_threads(run["threads"])
 
 
-def _read(args: argparse.Namespace, transpose: bool):
+def _read(args: argparse.Namespace, transpose: bool | None):
     from .data import InputError, read_counts, simulate_counts
 
     if args.input is None:
@@ -221,11 +221,10 @@ def _denoise(args: argparse.Namespace) -> int:
     _check_outputs(args, paths, Path(args.input) if args.input else None)
     file_settings, flags = _settings(args)
 
-    import numpy as np
-
     from . import __version__
     from ._config import ConfigError, dump_toml, model_kwargs, resolve, train_kwargs
     from ._model import ZIPO
+    from ._scale import add_outputs
     from .data import write_h5ad_atomic, write_text_atomic, write_tsv_dir
 
     try:
@@ -237,7 +236,7 @@ def _denoise(args: argparse.Namespace) -> int:
     if backed:
         adata, source = _read_backed(args, fmt)
     else:
-        adata, source = _read(args, settings["run"].get("transpose", False))
+        adata, source = _read(args, settings["run"].get("transpose"))
     _say(args, f"read {adata.n_obs} cells x {adata.n_vars} genes from {source}")
     _setup(adata, settings["setup"])
     try:
@@ -269,18 +268,10 @@ def _denoise(args: argparse.Namespace) -> int:
         write_text_atomic(dump_toml(settings, header), paths["--output (settings)"])
         _say(args, f"trained {epochs} epochs; wrote {', '.join(map(str, paths.values()))}")
         return EXIT_OK
-    # mu times each cell's observed total: the denoised value the benchmarks score best
-    # (README, "How the defaults were chosen"; the predicted library is obs["zipo_library"])
-    adata.layers["zipo_denoised"] = model.get_normalized_expression(
-        library_size="observed", return_numpy=True
-    )
-    params = model.get_likelihood_parameters()
-    # Poisson and NB have no zero inflation: their zero probability is exactly 0.
-    adata.layers["zipo_zero_prob"] = params.get("zero_prob", np.zeros_like(params["rate"]))
-    if "dispersion" in params:
-        adata.layers["zipo_dispersion"] = params["dispersion"]
-    adata.obs["zipo_library"] = params["library"]
-    adata.obsm["X_zipo"] = model.get_latent_representation()
+    # layers["zipo_denoised"] is mu times each cell's observed total (obs["zipo_observed_library"],
+    # the denoised value the benchmarks score best); obs["zipo_predicted_library"] is the library
+    # subnetwork's l. Only the layers the likelihood has are written (no zero_prob for Poisson/NB).
+    add_outputs(model, adata, library_size="observed")
     adata.uns["zipo"] = uns
     write_h5ad_atomic(adata, out)
     write_text_atomic(dump_toml(settings, header), paths["--output (settings)"])
@@ -296,6 +287,17 @@ def _denoise(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- tune
+#: Training settings that size a search's trials; the written config keeps them only when they
+#: were searched, so the final run trains with the preset's epoch cap and validation.
+SEARCH_BUDGET = (
+    "max_epochs",
+    "validation",
+    "train_size",
+    "early_stopping",
+    "early_stopping_patience",
+)
+
+
 def _flatten_train(train: dict[str, Any]) -> dict[str, Any]:
     from ._config import PLAN_KEYS
 
@@ -330,7 +332,7 @@ def _tune(args: argparse.Namespace) -> int:
     except ConfigError as err:
         raise UserError(str(err)) from err
     _set_threads(given["run"])
-    adata, source = _read(args, given["run"].get("transpose", False))
+    adata, source = _read(args, given["run"].get("transpose"))
     _say(args, f"read {adata.n_obs} cells x {adata.n_vars} genes from {source}")
     _setup(adata, given["setup"])
     fixed = {**given["model"], **{k: v for k, v in given["train"].items() if k != "seed"}}
@@ -350,12 +352,16 @@ def _tune(args: argparse.Namespace) -> int:
         best = best_settings(study)
     except ValueError as err:
         raise UserError(_first_line(err)) from err
+    trial = study.best_trial
+    # the search's own budget (short max_epochs, whole-cell validation, ...) is not carried
+    # over unless it was searched: `zipo denoise --config` then trains with the preset's schedule
+    train = _flatten_train(best["train_kwargs"])
+    dropped = {k: train.pop(k) for k in SEARCH_BUDGET if k in train and k not in trial.params}
     chosen = {
         "model": {"preset": best["preset"], **best["model_kwargs"]},
-        "train": {**_flatten_train(best["train_kwargs"]), "seed": seed},
+        "train": {**train, "seed": seed},
     }
     settings = resolve({"run": given["run"], "setup": given["setup"]}, chosen)
-    trial = study.best_trial
     header = [
         f"Best settings of zipo tune (zipo_scvi {__version__}): trial {trial.number} of study "
         f"{study.study_name!r}, {args.objective} = {trial.value:.6g}",
@@ -363,6 +369,9 @@ def _tune(args: argparse.Namespace) -> int:
         f"command: {_command(args)}",
         f"input: {source}",
     ]
+    if dropped:
+        search_only = ", ".join(f"{k}={v!r}" for k, v in dropped.items())
+        header.append(f"the search's own training ({search_only}) is not carried over")
     write_text_atomic(dump_toml(settings, header), out)
     chosen_params = ", ".join(f"{k}={v}" for k, v in trial.params.items())
     _say(args, f"best trial {trial.number}: {args.objective}={trial.value:.6g} ({chosen_params})")
@@ -457,7 +466,12 @@ def _data_flags() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, metavar="S", help="random seed (default 0)")
     p.add_argument("--threads", type=int, metavar="T", help="CPU threads for torch")
     p.add_argument(
-        "--transpose", action="store_true", default=None, help="table is genes x cells (DCA)"
+        "--transpose",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the table is genes x cells (DCA's layout); --no-transpose: cells x genes. Without "
+        "either, a table whose row names look like genes and column names like cell barcodes "
+        "is refused",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
@@ -479,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 failure, 2 bad usage or input. Settings: preset < --config "
         "file < flags.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     shared = _data_flags()
 
@@ -487,16 +504,20 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[shared],
         help="train ZIPO on counts and write denoised expression; no INPUT: embedded simulation",
         description="Train ZIPO on raw counts and write the input AnnData with "
-        'layers["zipo_denoised"], layers["zipo_zero_prob"], obsm["X_zipo"], '
-        'obs["zipo_library"] and uns["zipo"] (settings, training history), plus '
-        "OUTPUT.settings.toml with every setting used. Settings: preset < --config file < flags.",
+        'layers["zipo_denoised"] (denoised counts: mu x each cell\'s observed total), '
+        'layers["zipo_zero_prob"] (zip/zinb only), layers["zipo_dispersion"] (nb/zinb only), '
+        'obsm["X_zipo"] (latents), obs["zipo_observed_library"] (total count, the scale of '
+        'zipo_denoised), obs["zipo_predicted_library"] (the model\'s predicted library l) and '
+        'uns["zipo"] (settings, training history), all float32, plus OUTPUT.settings.toml with '
+        "every setting used. Settings: preset < --config file < flags.",
     )
     d.add_argument("-o", "--output", default="zipo_denoised.h5ad", help="output .h5ad")
     d.add_argument("--save-model", metavar="DIR", help="save the trained model (with its data)")
     d.add_argument(
         "--tsv-dir",
         metavar="DIR",
-        help="also write DCA-style mean.tsv, dropout.tsv, dispersion.tsv (NB), latent.tsv",
+        help="also write DCA-style mean.tsv, dropout.tsv (zip/zinb), dispersion.tsv (nb/zinb), "
+        "latent.tsv",
     )
     d.add_argument("--report", metavar="DIR", help="write PNG plots (history, UMAP, ...)")
     d.add_argument(
@@ -514,12 +535,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="search hyperparameters with optuna; writes the best settings as a config file",
         description="Search ZIPO's hyperparameters with optuna (default: the paper's space; a "
         "[search] table in --config replaces it) and write the best trial's settings as TOML "
-        "for `zipo denoise --config`.",
+        "for `zipo denoise --config`. The search's own max_epochs, validation, train_size and "
+        "early stopping size the trials only: they are not written (unless searched), so the "
+        "final run trains with the preset's schedule.",
     )
     t.add_argument("--n-trials", type=int, required=True, metavar="N", help="trials to run")
     t.add_argument("--storage", metavar="URL", help="optuna storage (RDB URL or SQLite path)")
     t.add_argument("--study-name", metavar="NAME", help="study name in the storage")
-    t.add_argument("--objective", choices=["validation_nll", "mcv"], default="validation_nll")
+    t.add_argument(
+        "--objective",
+        choices=["mcv", "validation_nll"],
+        default="mcv",
+        help="mcv (default): Poisson NLL of held-out molecules of every cell; validation_nll: "
+        "the paper's NLL of validation cells on their own counts",
+    )
     t.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting trials after")
     t.add_argument("-o", "--output", default="zipo_tuned.toml", help="best settings (.toml)")
     t.set_defaults(func=_tune)

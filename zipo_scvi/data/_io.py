@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -42,7 +43,8 @@ OUTPUT_KEYS = {
     "zero_prob": ("layers", "zipo_zero_prob"),
     "dispersion": ("layers", "zipo_dispersion"),
     "latent": ("obsm", "X_zipo"),
-    "library": ("obs", "zipo_library"),
+    "predicted_library": ("obs", "zipo_predicted_library"),
+    "observed_library": ("obs", "zipo_observed_library"),
 }
 
 
@@ -90,7 +92,7 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def read_counts(
-    path: str | os.PathLike, transpose: bool = False, fmt: str | None = None
+    path: str | os.PathLike, transpose: bool | None = None, fmt: str | None = None
 ) -> AnnData:
     """Read a raw count matrix as a cells x genes AnnData, choosing the reader from the path.
 
@@ -102,7 +104,10 @@ def read_counts(
         ``.csv``/``.tsv``/``.txt`` table (optionally gzipped) with a header row of names and a
         first column of names.
     transpose
-        Tables only: the table is genes x cells (DCA's layout) rather than cells x genes.
+        Tables only: ``True``: the table is genes x cells (DCA's layout); ``False``: cells x
+        genes; ``None`` (default): cells x genes, but a table whose row names look like genes
+        (Ensembl ids, ``gene...``) while its column names look like cells (barcodes,
+        ``cell...``) is refused with the fix (see :func:`looks_genes_by_cells`).
     fmt
         Force a format (see :func:`detect_format`) instead of reading it from the path.
 
@@ -114,7 +119,8 @@ def read_counts(
     ------
     InputError
         If the file is missing, of an unknown kind, or not what its name says (for example a
-        text file named ``.h5ad``, or a table with non-numeric values).
+        text file named ``.h5ad``, or a table with non-numeric values), or a table looks
+        genes x cells and ``transpose`` is ``None``.
 
     Examples
     --------
@@ -235,6 +241,14 @@ def _read_table(path: Path, sep: str, transpose: bool) -> AnnData:
             f"{str(path)!r} has non-numeric values in column {str(bad[0])!r}; expected counts "
             f"separated by {sep!r} with names in the first row and column"
         )
+    if transpose is None:
+        hint = looks_genes_by_cells(table.index, table.columns)
+        if hint:
+            raise InputError(
+                f"{str(path)!r} looks like genes x cells ({hint}); pass --transpose "
+                "(transpose=True in Python) to read it as DCA's layout, or --no-transpose "
+                "(transpose=False) if its rows really are cells"
+            )
     if transpose:
         table = table.T
     x = sp.csr_matrix(table.to_numpy(dtype=np.float32))
@@ -246,6 +260,51 @@ def _read_table(path: Path, sep: str, transpose: bool) -> AnnData:
     adata.obs_names_make_unique()
     adata.var_names_make_unique()
     return adata
+
+
+_ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")  # ENSG00000141510, ENSMUSG...
+_BARCODE = re.compile(r"[ACGT]{10,}")  # 10x, Drop-seq, inDrop barcodes (with -1 etc. around)
+
+
+def _share(names, test) -> float:
+    names = [str(n) for n in names[:2000]]
+    return sum(map(test, names)) / len(names) if names else 0.0
+
+
+def _gene_like(name: str) -> bool:
+    return bool(_ENSEMBL.match(name)) or name.lower().startswith("gene")
+
+
+def _cell_like(name: str) -> bool:
+    return bool(_BARCODE.search(name)) or name.lower().startswith(("cell", "barcode"))
+
+
+def looks_genes_by_cells(rows, columns) -> str | None:
+    """Why a table with these row and column names is likely genes x cells, or ``None``.
+
+    A table is taken for genes x cells when most row names look like genes (Ensembl ids or
+    ``gene...``) and few column names do, or most column names look like cells (barcodes of
+    10 or more A/C/G/T, or ``cell...``/``barcode...``) and few row names do.
+
+    Examples
+    --------
+    >>> print(looks_genes_by_cells(["ENSG00000141510", "ENSG00000012048"], ["AAACCTGAGA-1"]))
+    row names such as 'ENSG00000141510' look like genes, column names such as 'AAACCTGAGA-1' \
+look like cells; 2 rows x 1 columns
+    >>> looks_genes_by_cells(["AAACCTGAGAAGGCCT-1"], ["CD3E", "GAPDH"]) is None
+    True
+    """
+    rows, columns = list(rows), list(columns)
+    genes_in_rows = _share(rows, _gene_like) >= 0.5 and _share(columns, _gene_like) < 0.1
+    cells_in_columns = _share(columns, _cell_like) >= 0.5 and _share(rows, _cell_like) < 0.1
+    reasons = []
+    if genes_in_rows:
+        reasons.append(f"row names such as {str(rows[0])!r} look like genes")
+    if cells_in_columns:
+        reasons.append(f"column names such as {str(columns[0])!r} look like cells")
+    if not reasons:
+        return None
+    return ", ".join(reasons) + f"; {len(rows)} rows x {len(columns)} columns"
 
 
 def _first_line(err: BaseException) -> str:

@@ -1,0 +1,82 @@
+"""What a newcomer meets first: a fast `zipo --help`, `--version`, outputs that hold only what
+the likelihood has, scvi-tools' getter arguments, the scanpy-style one-liner."""
+
+import subprocess
+import sys
+
+import pytest
+
+import zipo_scvi
+from zipo_scvi.cli import main
+
+
+def test_help_and_version_do_not_import_torch():
+    code = (
+        "import sys, contextlib, io\n"
+        "from zipo_scvi.cli import build_parser\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    build_parser().parse_args(['--help'])\n"
+        "print(sorted(m for m in ('torch', 'scvi', 'lightning', 'anndata') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"zipo {zipo_scvi.__version__}"
+
+
+def test_genes_by_cells_table_is_refused_with_the_fix(tmp_path, capsys):
+    from tests._formats import write_table
+    from zipo_scvi.data import InputError, read_counts, simulate_counts
+    from zipo_scvi.data._io import looks_genes_by_cells
+
+    counts = simulate_counts(n_cells=40, n_genes=12, seed=0)
+    path = write_table(counts, tmp_path / "genes_x_cells.csv", transpose=True)
+    assert main(["denoise", str(path), "-o", str(tmp_path / "o.h5ad"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "looks like genes x cells" in err and "--transpose" in err
+    assert len(err.strip().splitlines()) == 1
+    with pytest.raises(InputError, match="transpose=True"):
+        read_counts(path)
+    assert read_counts(path, transpose=True).shape == (40, 12)
+    assert read_counts(path, transpose=False).shape == (12, 40)  # the user said so
+    cells_by_genes = write_table(counts, tmp_path / "cells_x_genes.csv")
+    assert read_counts(cells_by_genes).shape == (40, 12)
+    # real-data names: Ensembl ids or symbols in rows, 10x barcodes in columns
+    barcodes = ["AAACCTGAGAAGGCCT-1", "AAACCTGAGACAGACC-1", "AAACCTGAGGCATGGT-1"]
+    assert looks_genes_by_cells(["ENSG00000141510", "ENSG00000012048"], barcodes)
+    assert looks_genes_by_cells(["CD3E", "GAPDH", "MS4A1"], barcodes)
+    assert looks_genes_by_cells(barcodes, ["CD3E", "GAPDH", "MS4A1"]) is None
+    assert looks_genes_by_cells(["c1", "c2"], ["CD3E", "GAPDH"]) is None
+
+
+def test_pp_denoise_one_liner_writes_outputs_back():
+    import numpy as np
+
+    from zipo_scvi.data import simulate_counts
+
+    adata = simulate_counts(n_cells=100, n_genes=40, seed=0)
+    counts = adata.X.copy()
+    fast = {"max_epochs": 2, "enable_progress_bar": False, "encoder_sizes": (16, 4)}
+    assert zipo_scvi.pp.denoise(adata, **fast) is None  # in place, like sc.external.pp.dca
+    assert adata.layers["zipo_denoised"].dtype == np.float32
+    assert adata.obsm["X_zipo"].shape == (100, 4)
+    assert "zipo_zero_prob" not in adata.layers  # the default Poisson likelihood
+    totals = np.asarray(counts.sum(axis=1)).ravel()
+    np.testing.assert_allclose(adata.obs["zipo_observed_library"], totals, rtol=1e-5)
+    np.testing.assert_allclose(adata.layers["zipo_denoised"].sum(axis=1), totals, rtol=1e-3)
+    assert (adata.X != counts).nnz == 0  # the counts are left as they were
+    assert adata.uns["zipo"]["epochs_trained"] == 2
+
+    fresh = simulate_counts(n_cells=100, n_genes=40, seed=0)
+    out, model = zipo_scvi.pp.denoise(
+        fresh, copy=True, return_model=True, likelihood="zinb", lr_decay=0.95, **fast
+    )
+    assert "zipo_denoised" not in fresh.layers and out is not fresh
+    assert model.hyperparameters["likelihood"] == "zinb"
+    assert {"zipo_zero_prob", "zipo_dispersion"} <= set(out.layers)
+    np.testing.assert_allclose(out.obsm["X_zipo"], model.get_latent_representation(), rtol=1e-5)
