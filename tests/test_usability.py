@@ -80,3 +80,60 @@ def test_pp_denoise_one_liner_writes_outputs_back():
     assert model.hyperparameters["likelihood"] == "zinb"
     assert {"zipo_zero_prob", "zipo_dispersion"} <= set(out.layers)
     np.testing.assert_allclose(out.obsm["X_zipo"], model.get_latent_representation(), rtol=1e-5)
+
+
+TINY = "threads = 1\nencoder_sizes = [16, 4]\nlibrary_sizes = [8, 4]\n[train]\nmax_epochs = 2\n"
+
+
+def test_dca_output_folder_model_reuse_and_prune_without_data(tmp_path, capsys):
+    import anndata
+    import numpy as np
+
+    from tests._formats import write_table
+    from zipo_scvi import ZIPO
+    from zipo_scvi.data import simulate_counts
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    counts = simulate_counts(n_cells=60, n_genes=20, seed=3)
+    src = write_table(counts, tmp_path / "matrix.csv", transpose=True)
+    results, model_dir = tmp_path / "results", tmp_path / "model"
+    # DCA's positional form: the second positional is the output folder
+    cmd = ["denoise", str(src), str(results), "--transpose", "--config", str(config), "--quiet"]
+    assert main([*cmd, "--save-model", str(model_dir)]) == 0
+    names = sorted(p.name for p in results.iterdir())
+    assert names == ["latent.tsv", "mean.tsv", "zipo_denoised.h5ad", "zipo_denoised.settings.toml"]
+    trained = anndata.read_h5ad(results / "zipo_denoised.h5ad")
+    assert main(["denoise", str(src), str(results), "-o", "x.h5ad", "--transpose"]) == 2
+    assert "OUTDIR" in capsys.readouterr().err
+
+    # --model: the saved model's outputs on (here: the same) cells, no training
+    applied = tmp_path / "applied.h5ad"
+    apply = ["denoise", str(src), "--transpose", "--model", str(model_dir), "-o", str(applied)]
+    assert main([*apply, "--quiet"]) == 0
+    again = anndata.read_h5ad(applied)
+    np.testing.assert_allclose(
+        again.layers["zipo_denoised"], trained.layers["zipo_denoised"], 1e-5
+    )
+    np.testing.assert_allclose(again.obsm["X_zipo"], trained.obsm["X_zipo"], rtol=1e-4, atol=1e-6)
+    assert again.uns["zipo"]["model"] == str(model_dir.resolve())
+    assert main([*apply, "--force", "--epochs", "3"]) == 2  # nothing to train
+    assert "drop --epochs" in capsys.readouterr().err
+    other = write_table(simulate_counts(n_cells=30, n_genes=25, seed=1), tmp_path / "o.csv")
+    assert (
+        main(["denoise", str(other), "--model", str(model_dir), "-o", str(tmp_path / "b.h5ad")])
+        == 2
+    )
+    assert "genes" in capsys.readouterr().err
+
+    # prune on a model saved without its data says how to fix it, and --data fixes it
+    bare = tmp_path / "bare"
+    ZIPO.load(str(model_dir)).save(str(bare), save_anndata=False)
+    assert main(["prune", str(bare), "--delta", "0.05"]) == 2
+    err = capsys.readouterr().err
+    assert "--data FILE" in err and "save_anndata=True" in err
+    h5ad = tmp_path / "cells.h5ad"
+    trained.write_h5ad(h5ad)
+    assert main(["prune", str(bare), "--delta", "0.05", "--data", str(h5ad)]) == 0
+    assert capsys.readouterr().out.startswith("pruned ")
+    assert (tmp_path / "bare_pruned" / "model.pt").is_file()

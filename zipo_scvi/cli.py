@@ -209,12 +209,59 @@ def _wants_backed(args: argparse.Namespace, fmt: str | None, settings: dict) -> 
     return big
 
 
+#: Output of ``zipo denoise`` without ``-o``, and its name inside a DCA-style output folder.
+DEFAULT_OUTPUT = "zipo_denoised.h5ad"
+
+
+def _output_folder(args: argparse.Namespace) -> None:
+    """DCA's ``zipo denoise matrix.csv results/``: the folder gets the TSV files and the h5ad."""
+    if args.outdir is None:
+        args.output = args.output or DEFAULT_OUTPUT
+        return
+    if args.outdir.endswith(".h5ad") and args.output is None:  # zipo denoise in.csv out.h5ad
+        args.output = args.outdir
+        return
+    if args.output is not None or args.tsv_dir is not None:
+        raise UserError(
+            f"OUTDIR {args.outdir!r} names the output folder; drop it or drop -o/--tsv-dir"
+        )
+    args.tsv_dir = args.outdir
+    args.output = str(Path(args.outdir) / DEFAULT_OUTPUT)
+
+
+#: Flags that set up, build or train a model: meaningless when --model applies a trained one.
+_TRAINING_FLAGS = (
+    "config",
+    "layer",
+    "batch_key",
+    "categorical_covariates",
+    "continuous_covariates",
+    "likelihood",
+    "preset",
+    "epochs",
+    "seed",
+    "save_model",
+)
+
+
 def _denoise(args: argparse.Namespace) -> int:
     fmt = _check_input(args)
+    _output_folder(args)
     out = Path(args.output)
     if out.suffix != ".h5ad":
         raise UserError(f"output {str(out)!r} must end in .h5ad")
-    paths = {"--output": out, "--output (settings)": settings_path(out)}
+    if args.model is not None:
+        given = [f"--{f.replace('_', '-')}" for f in _TRAINING_FLAGS if getattr(args, f, None)]
+        if given:
+            raise UserError(
+                f"--model applies a trained model with its saved setup and settings; drop "
+                f"{', '.join(given)}"
+            )
+        if args.input is None:
+            raise UserError("--model needs an INPUT: the counts to apply the model to")
+    paths = {"--output": out}
+    if args.model is None:
+        paths["--output (settings)"] = settings_path(out)
     for flag in ("save_model", "tsv_dir", "report"):
         if getattr(args, flag):
             paths["--" + flag.replace("_", "-")] = Path(getattr(args, flag))
@@ -225,7 +272,7 @@ def _denoise(args: argparse.Namespace) -> int:
     from ._config import ConfigError, dump_toml, model_kwargs, resolve, train_kwargs
     from ._model import ZIPO
     from ._scale import add_outputs
-    from .data import write_h5ad_atomic, write_text_atomic, write_tsv_dir
+    from .data import write_text_atomic
 
     try:
         settings = resolve(file_settings, flags)
@@ -238,6 +285,8 @@ def _denoise(args: argparse.Namespace) -> int:
     else:
         adata, source = _read(args, settings["run"].get("transpose"))
     _say(args, f"read {adata.n_obs} cells x {adata.n_vars} genes from {source}")
+    if args.model is not None:
+        return _apply_model(args, adata, source, paths, backed)
     _setup(adata, settings["setup"])
     try:
         model = ZIPO(adata, **model_kwargs(settings))
@@ -273,16 +322,48 @@ def _denoise(args: argparse.Namespace) -> int:
     # subnetwork's l. Only the layers the likelihood has are written (no zero_prob for Poisson/NB).
     add_outputs(model, adata, library_size="observed")
     adata.uns["zipo"] = uns
-    write_h5ad_atomic(adata, out)
+    _write_outputs(adata, paths, settings["setup"])
     write_text_atomic(dump_toml(settings, header), paths["--output (settings)"])
+    _say(args, f"trained {epochs} epochs; wrote {', '.join(str(p) for p in paths.values())}")
+    return EXIT_OK
+
+
+def _write_outputs(adata, paths: dict[str, Path], setup: dict[str, Any]) -> None:
+    """Write the TSV folder first (replaced whole; it may hold the .h5ad), .h5ad, report."""
+    from .data import write_h5ad_atomic, write_tsv_dir
+
     if "--tsv-dir" in paths:
         write_tsv_dir(adata, paths["--tsv-dir"], overwrite=True)
+    write_h5ad_atomic(adata, paths["--output"])
     if "--report" in paths:
         from .pl import report
 
-        setup = settings["setup"]
         report(adata, paths["--report"], color=setup.get("batch_key"), layer=setup.get("layer"))
-    _say(args, f"trained {epochs} epochs; wrote {', '.join(str(p) for p in paths.values())}")
+
+
+def _apply_model(args: argparse.Namespace, adata, source: str, paths, backed: bool) -> int:
+    """``zipo denoise INPUT --model DIR``: the saved model's outputs on new cells, no training."""
+    from . import __version__
+    from ._scale import add_outputs
+
+    model = _load_model(args.model, adata)
+    _say(args, f"applying {model.summary_string.splitlines()[0]} from {args.model}")
+    setup = {k: v for k, v in model.registry_.get("setup_args", {}).items() if v is not None}
+    uns = {
+        "model": str(Path(args.model).resolve()),
+        "setup": setup,
+        "history": _history(model),
+        "input": source,
+        "command": _command(args),
+        "version": __version__,
+    }
+    if backed:
+        model.write_normalized_expression(str(paths["--output"]), uns={"zipo": uns})
+    else:
+        add_outputs(model, adata, library_size="observed")
+        adata.uns["zipo"] = uns
+        _write_outputs(adata, paths, setup)
+    _say(args, f"applied the model (no training); wrote {', '.join(map(str, paths.values()))}")
     return EXIT_OK
 
 
@@ -380,14 +461,15 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- prune and info
-def _load_model(directory: str):
+def _load_model(directory: str, adata=None):
+    """A saved model, on its saved data or on ``adata`` (which must have the model's genes)."""
     from ._model import ZIPO
 
     path = Path(directory)
     if not path.is_dir() or not (path / "model.pt").is_file():
         raise UserError(f"{str(path)!r} is not a saved ZIPO model folder (no model.pt)")
     try:
-        return ZIPO.load(str(path))
+        return ZIPO.load(str(path), adata=adata)
     except (ValueError, KeyError, TypeError) as err:
         raise UserError(_first_line(err)) from err
 
@@ -397,9 +479,21 @@ def _prune(args: argparse.Namespace) -> int:
         raise UserError(f"--delta must lie in [0, 1], not {args.delta:g}")
     source = Path(args.model_dir)
     out = Path(args.output) if args.output else source.with_name(source.name + "_pruned")
-    model = _load_model(args.model_dir)
+    adata = None
+    if args.data is not None:
+        from .data import InputError, read_counts
+
+        try:
+            adata = read_counts(args.data)
+        except InputError as err:
+            raise UserError(str(err)) from err
+    model = _load_model(args.model_dir, adata)
     if model.adata is None:
-        raise UserError(f"{str(source)!r} holds no data to judge the pruning on (adata.h5ad)")
+        raise UserError(
+            f"{str(source)!r} was saved without its data, on which pruning is judged: pass "
+            "--data FILE (counts with the model's genes), or save the model with its data "
+            "(model.save(DIR, save_anndata=True); zipo denoise --save-model does)"
+        )
     if out.resolve() != source.resolve():
         _check_outputs(args, {"--output": out}, None)
     elif not args.force:
@@ -511,7 +605,20 @@ def build_parser() -> argparse.ArgumentParser:
         'uns["zipo"] (settings, training history), all float32, plus OUTPUT.settings.toml with '
         "every setting used. Settings: preset < --config file < flags.",
     )
-    d.add_argument("-o", "--output", default="zipo_denoised.h5ad", help="output .h5ad")
+    d.add_argument(
+        "outdir",
+        nargs="?",
+        metavar="OUTDIR",
+        help="DCA's form `zipo denoise matrix.csv results/`: write mean.tsv, latent.tsv, ... "
+        f"(as --tsv-dir) and {DEFAULT_OUTPUT} into this folder (a name ending in .h5ad is -o)",
+    )
+    d.add_argument("-o", "--output", help=f"output .h5ad (default: {DEFAULT_OUTPUT})")
+    d.add_argument(
+        "--model",
+        metavar="DIR",
+        help="apply a saved (or pruned) model to INPUT instead of training one; INPUT must have "
+        "the model's genes",
+    )
     d.add_argument("--save-model", metavar="DIR", help="save the trained model (with its data)")
     d.add_argument(
         "--tsv-dir",
@@ -563,6 +670,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="folder of zipo denoise --save-model")
     p.add_argument("--delta", type=float, default=PRUNE_DELTA, help="threshold (paper: 1e-4)")
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        help="counts to judge the pruning on (the model's genes); needed when the model was "
+        "saved without its data",
+    )
     p.add_argument("-o", "--output", metavar="DIR", help="default: MODEL_DIR_pruned")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=_prune)
