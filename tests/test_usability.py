@@ -137,3 +137,52 @@ def test_dca_output_folder_model_reuse_and_prune_without_data(tmp_path, capsys):
     assert main(["prune", str(bare), "--delta", "0.05", "--data", str(h5ad)]) == 0
     assert capsys.readouterr().out.startswith("pruned ")
     assert (tmp_path / "bare_pruned" / "model.pt").is_file()
+
+
+@pytest.fixture(scope="module")
+def trained():
+    import scvi
+
+    from zipo_scvi import ZIPO
+    from zipo_scvi.data import simulate_counts
+
+    scvi.settings.seed = 0
+    adata = simulate_counts(n_cells=120, n_genes=30, seed=0)
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, encoder_sizes=(16, 4), library_sizes=(8, 4), likelihood="zip")
+    model.train(max_epochs=2, batch_size=64, enable_progress_bar=False)
+    return model
+
+
+def test_scvi_getter_arguments_are_accepted_with_honest_meaning(trained):
+    import numpy as np
+
+    model = trained
+    latent = model.get_latent_representation()
+    for kwargs in ({"give_mean": True}, {"give_mean": False, "mc_samples": 100}):
+        np.testing.assert_array_equal(model.get_latent_representation(**kwargs), latent)
+    with pytest.raises(ValueError, match="deterministic"):
+        model.get_latent_representation(return_dist=True)
+    mean = model.get_normalized_expression(return_numpy=True)
+    np.testing.assert_array_equal(
+        model.get_normalized_expression(n_samples=5, return_numpy=True), mean
+    )
+    with pytest.raises(ValueError, match="posterior_predictive_sample"):
+        model.get_normalized_expression(n_samples=5, return_mean=False)
+    some = model.get_normalized_expression(n_samples_overall=7, silent=False, dataloader=None)
+    assert some.shape == (7, 30) and set(some.index) <= set(model.adata.obs_names)
+    with pytest.raises(TypeError, match="no_such"):
+        model.get_normalized_expression(no_such=1)
+
+
+def test_history_holds_no_vae_only_series(trained):
+    history = trained.history
+    assert not [k for k in history if k.startswith(("elbo_", "kl_"))]
+    for key in ("train_loss", "validation_loss", "reconstruction_loss_train",
+                "reconstruction_loss_validation", "nll_train", "nll_validation"):  # fmt: skip
+        assert len(history[key]) == 2, key
+
+
+def test_differential_expression_explains_what_to_use(trained):
+    with pytest.raises(NotImplementedError, match="rank_genes_groups"):
+        trained.differential_expression(groupby="group")

@@ -57,6 +57,20 @@ def _count_summary(manager: AnnDataManager, chunk: int = 10_000) -> tuple[float,
     return float(np.concatenate(log_libraries).mean()), torch.from_numpy(np.log(shares))
 
 
+#: scvi-tools getter arguments that ZIPO accepts only with their default (off) value.
+_SCVI_GETTER_DEFAULTS = {"dataloader": None, "weights": None}
+
+
+def _check_scvi_kwargs(kwargs: dict[str, Any]) -> None:
+    """Accept scvi-tools getter arguments at their defaults; refuse anything else by name."""
+    unknown = [k for k in kwargs if k not in _SCVI_GETTER_DEFAULTS]
+    if unknown:
+        raise TypeError(f"Unexpected keyword argument(s) {unknown}.")
+    changed = [k for k, v in kwargs.items() if v is not _SCVI_GETTER_DEFAULTS[k]]
+    if changed:
+        raise ValueError(f"ZIPO's getters do not support {changed} (scvi-tools arguments).")
+
+
 class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """ZiPo: a deep zero-inflated Poisson autoencoder for denoising scRNA-seq counts.
 
@@ -77,6 +91,21 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
         Seeds torch, numpy and Lightning before the weights are drawn (``scvi.settings.seed``).
     **model_kwargs
         Any :class:`~zipo_scvi.ZiPoModule` argument, overriding the preset.
+
+    Notes
+    -----
+    ZIPO is a deterministic autoencoder, not a VAE: a cell has one latent vector and one
+    denoised profile. scvi-tools' getter arguments about posterior sampling (``give_mean``,
+    ``mc_samples``, ``n_samples``) are accepted and documented per getter; ``model.history``
+    holds no ``elbo_*``/``kl_*`` series (they would be zero or repeat the reconstruction loss).
+
+    **Differential expression** is not offered (:meth:`differential_expression` says so):
+    scvi-tools' Bayesian DE compares posterior samples of normalised expression, and ZIPO has
+    no posterior, so its "probability of DE" would come from cell-to-cell spread alone. Use the
+    denoised values to rank and show markers (``sc.tl.rank_genes_groups`` on
+    ``log1p(layers["zipo_denoised"])``; their p-values are optimistic, since denoising shares
+    information between cells), and for p-values test raw counts pseudobulked per sample
+    (e.g. PyDESeq2 or edgeR).
 
     Examples
     --------
@@ -390,8 +419,18 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
+        *,
+        give_mean: bool = True,
+        mc_samples: int | None = None,
+        return_dist: bool = False,
+        **kwargs,
     ) -> np.ndarray:
         """Return the latents ``U`` of paper II-C (deterministic; eval-mode BatchNorm).
+
+        ZIPO's encoder is deterministic, not a variational posterior: a cell has one latent
+        vector, which is both the "mean" and every "sample". ``give_mean`` and ``mc_samples``,
+        which scvi-tools' VAE models take, are accepted for compatibility and do not change the
+        result; ``return_dist=True`` is refused (there is no distribution to return).
 
         ``U`` is the encoder's last block plus, with ``residuals="full"``, the linear
         projections of every hidden layer (the sum the decoder reads, without the covariates
@@ -409,6 +448,13 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
             Cells to use; default: all.
         batch_size
             Minibatch size for inference.
+        give_mean, mc_samples
+            scvi-tools' arguments; no effect here (the latents are deterministic).
+        return_dist
+            ``True`` raises ``ValueError``: ZIPO has no latent distribution.
+        **kwargs
+            Other scvi-tools getter arguments (e.g. ``dataloader=None``); only ``None``/default
+            values are accepted.
 
         Returns
         -------
@@ -419,6 +465,13 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
         >>> adata.obsm["X_zipo"] = model.get_latent_representation()  # doctest: +SKIP
         >>> sc.pp.neighbors(adata, use_rep="X_zipo")  # doctest: +SKIP
         """
+        del give_mean, mc_samples  # deterministic latents: the mean is every sample
+        if return_dist:
+            raise ValueError(
+                "ZIPO's latents are deterministic (an autoencoder, not a VAE): there is no "
+                "distribution to return; use return_dist=False."
+            )
+        _check_scvi_kwargs(kwargs)
         parts = []
         for tensors in self._batches(adata, indices, batch_size):
             inference_outputs = self.module.inference(**self.module._get_inference_input(tensors))
@@ -434,8 +487,21 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
         library_size: float | Literal["latent", "observed"] = 1,
         return_numpy: bool | None = None,
         batch_size: int | None = None,
+        *,
+        n_samples: int = 1,
+        n_samples_overall: int | None = None,
+        return_mean: bool = True,
+        silent: bool = True,
+        **kwargs,
     ) -> np.ndarray | pd.DataFrame:
         """Return denoised expression.
+
+        ZIPO's decoder is deterministic: the expression of a cell is one value, not a
+        posterior to sample from. ``n_samples`` (scvi-tools' Monte Carlo samples of the latent
+        posterior) is accepted: with ``return_mean=True`` (the default) any ``n_samples`` gives
+        that same value; ``return_mean=False`` with ``n_samples > 1`` is refused, since every
+        sample would be identical (draw counts with :meth:`posterior_predictive_sample` for
+        sampling noise).
 
         Parameters
         ----------
@@ -451,6 +517,17 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
             the cell's observed total count.
         return_numpy
             Return an array instead of a DataFrame.
+        n_samples, return_mean
+            scvi-tools' sampling arguments; see above (the result is the same for any
+            ``n_samples``).
+        n_samples_overall
+            As in scvi-tools: the expression of this many cells drawn at random (with
+            replacement) from ``indices`` (default: all cells).
+        silent
+            Accepted for scvi-tools compatibility (there is no progress bar here).
+        **kwargs
+            Other scvi-tools getter arguments (e.g. ``dataloader=None``, ``weights=None``);
+            only ``None``/default values are accepted.
 
         Returns
         -------
@@ -464,7 +541,20 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
             raise ValueError(
                 f"library_size must be a number, 'latent' or 'observed', not {library_size!r}."
             )
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be at least 1, not {n_samples}.")
+        if n_samples > 1 and not return_mean:
+            raise ValueError(
+                "ZIPO's decoder is deterministic: all n_samples samples would be the same "
+                "values. Use return_mean=True (the same result for any n_samples), or "
+                "posterior_predictive_sample() for counts with sampling noise."
+            )
+        del silent
+        _check_scvi_kwargs(kwargs)
         adata_ = self._validate_anndata(adata)
+        if n_samples_overall is not None:
+            pool = np.arange(adata_.n_obs) if indices is None else np.asarray(indices)
+            indices = np.random.default_rng(scvi.settings.seed).choice(pool, n_samples_overall)
         genes = np.arange(adata_.n_vars)
         if gene_list is not None:
             missing = [g for g in gene_list if g not in adata_.var_names]
@@ -558,6 +648,24 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
             mse += float(losses.extra_metrics["mse"]) * cells.shape[0]
             n += cells.shape[0]
         return {"nll": nll / n, "mse": mse / n}
+
+    def differential_expression(self, *args, **kwargs):
+        """Not offered: ZIPO has no posterior for scvi-tools' Bayesian DE (see the class Notes).
+
+        Raises
+        ------
+        NotImplementedError
+            Always, naming what to use instead.
+        """
+        raise NotImplementedError(
+            "ZIPO offers no differential_expression: scvi-tools' Bayesian DE compares posterior "
+            "samples of normalised expression, and ZIPO is a deterministic autoencoder (one "
+            "value per cell), so its DE probabilities would come from cell-to-cell spread "
+            "alone. Rank markers on denoised values with sc.tl.rank_genes_groups on "
+            "log1p(adata.layers['zipo_denoised']) (optimistic p-values: denoising shares "
+            "information between cells), and for p-values test raw counts pseudobulked per "
+            "sample (PyDESeq2, edgeR). See the docs page 'Differential expression'."
+        )
 
     def posterior_predictive_sample(
         self,

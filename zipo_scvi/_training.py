@@ -123,16 +123,16 @@ class ZiPoTrainingPlan(TrainingPlan):
 
         scvi logs every metric on every step; each ``self.log`` call costs Lightning about
         0.4 ms (it moves its result store to the value's device), ~5 ms of a 25 ms step.
-        The epoch values are the same cell-weighted means (``train_loss``, ``elbo_train``,
-        ``reconstruction_loss_train``, ``kl_local_train``, ``kl_global_train`` and the extra
-        metrics such as ``nll_train``).
+        The epoch values are the same cell-weighted means (``train_loss``,
+        ``reconstruction_loss_train`` and the extra metrics such as ``nll_train``). scvi's
+        ``elbo_*``, ``kl_local_*`` and ``kl_global_*`` are not logged: ZIPO is not a VAE, its
+        KL terms are zero and its "ELBO" would repeat the reconstruction loss.
         """
         _, _, out = self.forward(batch, loss_kwargs=self.loss_kwargs)
         n = out.n_obs_minibatch
         sums = {
             "train_loss": out.loss.detach() * n,
             "reconstruction_loss_train": out.reconstruction_loss_sum.detach(),
-            "kl_local_train": out.kl_local_sum.detach(),
         }
         for key in out.extra_metrics_keys:
             value = out.extra_metrics[key]
@@ -151,8 +151,6 @@ class ZiPoTrainingPlan(TrainingPlan):
         if not n:
             return
         values = {key: value / n for key, value in acc.items()}
-        values["kl_global_train"] = torch.zeros_like(values["train_loss"])
-        values["elbo_train"] = values["reconstruction_loss_train"] + values["kl_local_train"]
         for key, value in values.items():
             self.log(
                 key,
@@ -192,11 +190,24 @@ class ZiPoTrainingPlan(TrainingPlan):
         self.compute_and_log_metrics(scvi_loss, self.val_metrics, "validation")
 
     def compute_and_log_metrics(self, loss_output, metrics, mode):
-        """Log the metrics as scvi does, under ``no_grad`` instead of ``inference_mode``.
+        """Log ``reconstruction_loss_{mode}`` and the extra metrics (``nll_{mode}``, ...).
 
-        scvi runs it under ``torch.inference_mode``, so Lightning's running batch-size counter
-        becomes an inference tensor; with DDP on the gloo backend (CPU) Lightning then divides
-        it in place when syncing across processes, which torch refuses.
+        Unlike scvi, no ``elbo_*``/``kl_*`` series (ZIPO's KL terms are zero; see
+        :meth:`training_step`), and under ``no_grad`` instead of ``inference_mode``: with
+        ``inference_mode`` Lightning's running batch-size counter becomes an inference tensor,
+        which DDP on the gloo backend (CPU) then divides in place when syncing, which torch
+        refuses.
         """
+        n = loss_output.n_obs_minibatch
+        log = {"on_step": self.on_step, "on_epoch": self.on_epoch, "batch_size": n}
+        log["sync_dist"] = self.use_sync_dist
         with torch.no_grad():
-            TrainingPlan.compute_and_log_metrics.__wrapped__(self, loss_output, metrics, mode)
+            key = f"reconstruction_loss_{mode}"
+            self.log(key, loss_output.reconstruction_loss_sum.detach() / n, **log)
+            for name in loss_output.extra_metrics_keys:
+                value = loss_output.extra_metrics[name]
+                if isinstance(value, torch.Tensor):
+                    if value.dim() != 0:
+                        continue
+                    value = value.detach()
+                self.log(f"{name}_{mode}", value, **log)
