@@ -671,6 +671,46 @@ def update_readme_section(readme: str | Path, name: str, body: str) -> bool:
     return new != text
 
 
+DOCS = REPO / "docs"
+
+
+def repo_link(path: Path) -> str:
+    """``path`` relative to the repository root (as reports link figures), else as given."""
+    try:
+        return path.resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+# Links that a report writes relative to the repository root (figures and results files).
+_REPO_LINK = re.compile(r"(\]\()((?:benchmarks|tutorials|zipo_scvi|tests)/)")
+
+
+def update_docs_section(page: str | Path, name: str, body: str) -> bool:
+    """Replace the marked section ``name`` of a documentation page under ``docs/``.
+
+    ``body`` is written as for the README: its links to files of the repository (``benchmarks/``,
+    ``tutorials/``, ...) are relative to the repository root; they are rewritten relative to the
+    page, so the figures show in the built site.
+
+    Parameters
+    ----------
+    page
+        Path of the page relative to ``docs/`` (e.g. ``"benchmarks/speed.md"``).
+    name
+        Section name used in the markers.
+    body
+        New markdown between the markers.
+
+    Returns
+    -------
+    True if the page changed.
+    """
+    path = DOCS / page
+    prefix = Path(os.path.relpath(REPO, path.parent)).as_posix()
+    return update_readme_section(path, name, _REPO_LINK.sub(rf"\g<1>{prefix}/\g<2>", body))
+
+
 # ----------------------------------------------------------------------------- subprocess entry
 def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run one benchmark method on an .h5ad.")

@@ -41,8 +41,10 @@ from benchmarks._harness import (
     _epochs,
     machine_info,
     mcv_split,
+    repo_link,
     score_mcv,
     score_truth,
+    update_docs_section,
 )
 from zipo_scvi._defaults import ERROR_BAR_LAMBDA
 
@@ -465,8 +467,14 @@ def main(argv=None) -> None:
         measured, verdict = found[claim.key]
         lines.append(f"| {claim.claim} | {claim.figure} | {measured} | {verdict} |")
         figure(claim, summary, OUT / f"{claim.key}.png")
-    lines += ["", "Figures: " + ", ".join(f"[{c.key}]({c.key}.png)" for c in claims)]
-    (OUT / "table.md").write_text("\n".join(lines) + "\n")
+    shown = [c for c in claims if c.key in found]
+    (OUT / "table.md").write_text(
+        "\n".join([*lines, "", "Figures: " + ", ".join(f"[{c.key}]({c.key}.png)" for c in shown)])
+        + "\n"
+    )
+    # the docs page: the same text under its own title, with the figures shown
+    figures = [f"![{c.key}]({repo_link(OUT / f'{c.key}.png')})" for c in shown]
+    update_docs_section("benchmarks/ablations.md", "ablations", "\n".join(lines[2:] + figures))
     print("\n".join(lines))
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks._harness import REPO, code_state, machine_info, update_readme_section
+from benchmarks._harness import REPO, code_state, machine_info, update_docs_section
 from benchmarks.run_benchmark import evaluate, prepare_dataset, summarise
 from zipo_scvi._defaults import ERROR_BAR_LAMBDA
 
@@ -81,8 +81,7 @@ KEY_VARIANTS = (
     "epoch cap 1000",
 )
 SECTION = (
-    "## How the defaults were chosen (`benchmarks/defaults_study.py`)\n\n"
-    "Each row is the default preset with one setting changed, scored like the benchmark below "
+    "Each row is the default preset with one setting changed, scored like the denoising benchmark "
     "(molecular cross-validation; on the simulator also the truth and k-means on the "
     "latents). What the default preset took from it: the observed library in the likelihood "
     "(the latents cluster; the held-out loss is unchanged within its error bars), the "
@@ -256,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     body = report()
     (OUT / "table.md").write_text("# Defaults study (issue 9)\n\n" + body)
     if not args.no_readme:
-        update_readme_section(REPO / "README.md", "defaults-study", SECTION + body)
+        update_docs_section("benchmarks/defaults.md", "defaults-study", SECTION + body)
     print(body)
 
 

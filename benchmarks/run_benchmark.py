@@ -8,8 +8,9 @@ Usage (from the repository root)::
 Each dataset is split by molecular cross-validation (``benchmarks/_harness.py``; protocol in
 BENCHMARKS.md); every method sees the same training molecules, in its own subprocess, once per
 seed (the seed sets both the split and the method). Writes ``table.md``, ``rows.csv`` and one
-figure per dataset under ``--out`` and replaces the README section between
-``<!-- BEGIN:benchmark -->`` and ``<!-- END:benchmark -->``.
+figure per dataset under ``--out``, replaces the section between ``<!-- BEGIN:benchmark -->`` and
+``<!-- END:benchmark -->`` of ``docs/benchmarks/denoising.md`` and the at-a-glance table of the
+README (``<!-- BEGIN:benchmark-glance -->``).
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ from benchmarks._harness import (
     latent_ari,
     machine_info,
     mcv_split,
+    repo_link,
     run_method,
     score_mcv,
     score_truth,
+    update_docs_section,
     update_readme_section,
 )
 from zipo_scvi._defaults import ERROR_BAR_LAMBDA
@@ -342,7 +345,9 @@ def main(argv=None) -> None:
         "--rerun", nargs="+", help="with --resume: row labels to run again (e.g. ZIPO)"
     )
     parser.add_argument(
-        "--report-only", action="store_true", help="rebuild table.md/README from saved rows"
+        "--report-only",
+        action="store_true",
+        help="rebuild table.md, the docs page and the README table from saved rows",
     )
     args = parser.parse_args(argv)
 
@@ -356,11 +361,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
-        body = build_report(out)
-        (out / "table.md").write_text("# Denoising benchmark\n\n" + body)
-        if not args.no_readme:
-            update_readme_section(REPO / "README.md", "benchmark", "## Benchmark\n\n" + body)
-        print(body)
+        print(write_report(out, docs=not args.no_readme))
         return
     log_file = (out / "log.txt").open("w")
 
@@ -404,11 +405,7 @@ def main(argv=None) -> None:
             "machine": machine,
         }
         (out / f"meta_{_stem(name)}.json").write_text(json.dumps(meta, indent=1))
-    body = build_report(out)
-    (out / "table.md").write_text("# Denoising benchmark\n\n" + body)
-    log(body)
-    if not args.no_readme:
-        update_readme_section(REPO / "README.md", "benchmark", "## Benchmark\n\n" + body)
+    log(write_report(out, docs=not args.no_readme))
     log_file.close()
 
 
@@ -488,13 +485,6 @@ def _minutes(rows: pd.DataFrame) -> float:
     return float(rows[column].fillna(0).sum()) / 60
 
 
-def _link(path: Path) -> str:
-    try:
-        return path.resolve().relative_to(REPO).as_posix()
-    except ValueError:
-        return path.as_posix()
-
-
 def _at_a_glance(datasets: list[tuple[dict, pd.DataFrame, pd.DataFrame]]) -> str:
     """One line per dataset: ZIPO against the best peer on held-out Poisson, ARI and MSE to
     truth (``datasets``: meta, rows and summary of each)."""
@@ -526,15 +516,23 @@ def _at_a_glance(datasets: list[tuple[dict, pd.DataFrame, pd.DataFrame]]) -> str
     return head + "\n\n" + "\n".join(lines)
 
 
-def build_report(out: Path) -> str:
-    """Markdown for every dataset with ``rows_*.csv`` and ``meta_*.json`` in ``out``."""
-    parts = [
-        SETTINGS.format(cap=PEER_MAX_EPOCHS, lam=ERROR_BAR_LAMBDA),
-        "",
-        "The paper's own ablations, rerun at small scale (`benchmarks/ablations.py`), are in "
-        "[benchmarks/results/ablations/table.md](benchmarks/results/ablations/table.md); "
-        "training speed has its own section.",
-    ]
+def write_report(out: Path, docs: bool = True) -> str:
+    """Write ``table.md`` in ``out`` and (``docs``) the docs page and the README's at-a-glance
+    table from the saved rows and metadata; returns the report's markdown."""
+    body = build_report(out)
+    (out / "table.md").write_text("# Denoising benchmark\n\n" + body)
+    if docs:
+        update_docs_section("benchmarks/denoising.md", "benchmark", body)
+        glance = _at_a_glance(_datasets(out))
+        if glance:
+            link = "All tables, settings and figures: the documentation's benchmark page "
+            link += "(`docs/benchmarks/denoising.md`)."
+            update_readme_section(REPO / "README.md", "benchmark-glance", f"{glance}\n\n{link}")
+    return body
+
+
+def _datasets(out: Path) -> list[tuple[dict, pd.DataFrame, pd.DataFrame]]:
+    """Metadata, rows and summary of every dataset with ``rows_*.csv`` and ``meta_*.json``."""
     metas = [json.loads(p.read_text()) for p in sorted(out.glob("meta_*.json"))]
     metas.sort(key=lambda m: (m["dataset"] != "sim", m["dataset"]))
     datasets = []
@@ -545,6 +543,18 @@ def build_report(out: Path) -> str:
         summary = summarise(rows)
         if meta["dataset"] in summary.index.get_level_values(0):
             datasets.append((meta, rows, summary))
+    return datasets
+
+
+def build_report(out: Path) -> str:
+    """Markdown for every dataset with ``rows_*.csv`` and ``meta_*.json`` in ``out``."""
+    parts = [
+        SETTINGS.format(cap=PEER_MAX_EPOCHS, lam=ERROR_BAR_LAMBDA),
+        "",
+        "The paper's own ablations, rerun at small scale (`benchmarks/ablations.py`), are on the "
+        "[ablations page](ablations.md); training speed has [its own page](speed.md).",
+    ]
+    datasets = _datasets(out)
     glance = _at_a_glance(datasets)
     if glance:
         parts[1:1] = ["", glance]
@@ -557,7 +567,7 @@ def build_report(out: Path) -> str:
         m = meta["machine"]
         parts += [
             "",
-            f"### {name}: {meta['description']}",
+            f"## {name}: {meta['description']}",
             "",
             f"`{meta['command']}` on {meta['date']} (method runs {_minutes(rows):.0f} min in "
             f"all; {m['cpu']}, "
@@ -572,7 +582,7 @@ def build_report(out: Path) -> str:
             "",
             table_markdown(summary, rows, name),
             "",
-            f"![{name}]({_link(fig_path)})",
+            f"![{name}]({repo_link(fig_path)})",
         ]
     return "\n".join(parts) + "\n"
 

@@ -25,10 +25,10 @@ What it measures, each configuration in its own process (so that its peak RSS is
    initialisation (a pass over all counts), training and writing.
 
 Writes ``benchmarks/results/scale/scale.json``, ``table.md`` and ``scale.png``; with
-``--readme`` also the README section between ``<!-- BEGIN:scale-benchmark -->`` and
-``<!-- END:scale-benchmark -->``. Large files go to ``--data-dir`` (default
-``/tmp/zipo_scale_bench``), never into the repository; the denoised output of the target is
-deleted after it is measured.
+``--readme`` also the section of ``docs/benchmarks/scale.md`` between
+``<!-- BEGIN:scale-benchmark -->`` and ``<!-- END:scale-benchmark -->``. Large files go to
+``--data-dir`` (default ``/tmp/zipo_scale_bench``), never into the repository; the denoised
+output of the target is deleted after it is measured.
 """
 
 from __future__ import annotations
@@ -423,11 +423,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir", default="/tmp/zipo_scale_bench")
     parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--readme", action="store_true", help="update the README section")
+    parser.add_argument("--readme", action="store_true", help="update docs/benchmarks/scale.md")
     parser.add_argument(
         "--report-only",
         action="store_true",
-        help="rebuild table, figure (and README with --readme) from the saved scale.json",
+        help="rebuild table, figure (and the docs page with --readme) from the saved scale.json",
     )
     args = parser.parse_args(argv)
 
@@ -514,13 +514,13 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _report(results: dict, out_dir: Path, readme: bool) -> dict:
-    from benchmarks._harness import update_readme_section
+    from benchmarks._harness import update_docs_section
 
     _figure(results, out_dir / "scale.png")
     markdown = _markdown(results)
     (out_dir / "table.md").write_text(markdown + "\n")
     if readme:
-        update_readme_section(ROOT / "README.md", "scale-benchmark", markdown)
+        update_docs_section("benchmarks/scale.md", "scale-benchmark", markdown)
     print(markdown)
     return results
 

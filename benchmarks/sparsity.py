@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     nice -n 10 python benchmarks/sparsity.py                 # train what is missing, then render
-    python benchmarks/sparsity.py --render-only              # rebuild table, figure and README
+    python benchmarks/sparsity.py --render-only              # rebuild table, figure and docs page
 
 For alpha_w in {0, 0.01, 0.1, 1} and several seeds, trains ZIPO with the paper preset (ZIP,
 sigmoid -> BatchNorm, log1p input, full residuals, alpha_z = 0.1, the paper's schedule with
@@ -16,7 +16,7 @@ number does or does not reproduce (minibatch size; the reading of ``E[log L]``).
 
 Also times the first layer's sparse (CSR) inference path against the dense one.
 
-Writes ``benchmarks/results/sparsity/{runs.json,table.md,sparsity.png,speed.md}`` and the README
+Writes ``benchmarks/results/sparsity/{runs.json,table.md,sparsity.png,speed.md}`` and the docs page
 section between ``<!-- BEGIN:sparsity -->`` and ``<!-- END:sparsity -->``.
 """
 
@@ -34,7 +34,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._harness import machine_info, update_readme_section
+from benchmarks._harness import machine_info, update_docs_section
 from zipo_scvi._defaults import ERROR_BAR_LAMBDA, PRUNE_DELTA
 
 REPO = Path(__file__).resolve().parent.parent
@@ -362,8 +362,6 @@ def _speed_markdown(speed: pd.DataFrame) -> str:
 
 
 README_TEXT = """\
-## Sparse first layer: pruning and gene modules
-
 The `alpha_w` penalty (paper II-E) pushes each first-layer neuron to use few genes. After
 training, `model.prune(delta=1e-4)` divides each neuron's weights by its largest absolute weight,
 zeroes those below `delta` and pins them at zero with a mask (kept in any later training and by
@@ -407,8 +405,8 @@ at lr = 0.0212 also inflate all weights (median |w| from about 0.01 at initialis
 about {median_w:.2f}), and the schedule counts epochs, so {n_cells} cells give about {steps}
 Adam steps per epoch at batch 256, against ~270 for the paper's ~70,000 cells. Early stopping
 (patience 30) on the validation cells ended the paper-preset runs after {epochs_lo}-{epochs_hi}
-epochs: the eval-mode validation loss of the sigmoid -> BatchNorm order is erratic (SPEC.md,
-hazards; see "val. NLL/cell"), so its best value comes early. Measured: {diagnosis} The paper
+epochs: the eval-mode validation loss of the sigmoid -> BatchNorm order is erratic (see
+"val. NLL/cell"), so its best value comes early. Measured: {diagnosis} The paper
 preset keeps the loss as the paper writes it; the gene-mean reading is available by passing
 `alpha_z` and `alpha_w` multiplied by the number of genes (Adam ignores a constant scale of
 the loss, up to its eps, so this equals averaging the NLL over genes).
@@ -504,7 +502,7 @@ def render(runs: list[dict], speed: pd.DataFrame | None) -> None:
         why=why,
         commands=" then ".join(f"`{c.strip()}`" for c in _commands(meta)),
     )
-    update_readme_section(REPO / "README.md", "sparsity", body)
+    update_docs_section("sparsity.md", "sparsity", body)
     print(table)
     print(_verdict(summary))
 

@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     python benchmarks/speed.py [--n-cells 4000] [--n-genes 2000] [--epochs 5]
 
-Measured in one run on one machine (BENCHMARKS.md, "Speed and scale"):
+Measured in one run on one machine :
 
 1. Time per training epoch and cells per second of ZIPO (default and paper presets) and of
    scvi-tools SCVI on the same simulated data, with the same batch size (timed from the start
@@ -20,7 +20,7 @@ Measured in one run on one machine (BENCHMARKS.md, "Speed and scale"):
    dense minibatches, each in its own process, against the size of the CSR matrix.
 
 Uses torch's default threads (the machine is shared: the load average is recorded). Writes
-``benchmarks/results/speed/table.md``, ``speed.json`` and a figure, and the README section
+``benchmarks/results/speed/table.md``, ``speed.json`` and a figure, and the section
 between ``<!-- BEGIN:speed -->`` and ``<!-- END:speed -->``.
 """
 
@@ -48,7 +48,7 @@ from benchmarks._harness import (
     SIM_DEFAULTS,
     _peak_rss_mb,
     machine_info,
-    update_readme_section,
+    update_docs_section,
 )
 
 OUT = REPO / "benchmarks/results/speed"
@@ -348,7 +348,7 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--no-readme", action="store_true")
     parser.add_argument(
-        "--report-only", action="store_true", help="rebuild table.md/README from speed.json"
+        "--report-only", action="store_true", help="rebuild table.md and docs page"
     )
     args = parser.parse_args(argv)
     if args.report_only:
@@ -356,7 +356,7 @@ def main(argv=None) -> None:
         body = report(results, results.get("argv", []))
         (OUT / "table.md").write_text("# Training speed\n\n" + body)
         if not args.no_readme:
-            update_readme_section(REPO / "README.md", "speed", "## Training speed\n\n" + body)
+            update_docs_section("benchmarks/speed.md", "speed", body)
         print(body)
         return
     import torch
@@ -440,7 +440,7 @@ def main(argv=None) -> None:
     figure(results, OUT / "speed.png")
     print(body)
     if not args.no_readme:
-        update_readme_section(REPO / "README.md", "speed", "## Training speed\n\n" + body)
+        update_docs_section("benchmarks/speed.md", "speed", body)
 
 
 def report(results: dict, argv) -> str:

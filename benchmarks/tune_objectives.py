@@ -4,10 +4,11 @@ Runs two optuna searches with :func:`zipo_scvi.tune` on one simulation with know
 objective (``"validation_nll"``: the paper's; ``"mcv"``: held-out molecules), over the same search
 space and budget. The configuration each search chooses is then retrained on all molecules with
 several seeds (:func:`zipo_scvi.compare_seeds`) and scored against the true rates: MSE of
-log-normalised denoised expression against log-normalised truth (BENCHMARKS.md), lower is better.
+log-normalised denoised expression against log-normalised truth, lower is better.
 
 Writes ``benchmarks/results/tune/table.md``, ``trials.csv``, ``seeds.csv``, ``seeds.png`` and
-the README section ``tune-benchmark``. Run (about 15-25 CPU minutes)::
+the section ``tune-benchmark`` of ``docs/benchmarks/tune_objectives.md``. Run (about 15-25
+CPU minutes)::
 
     nice -n 10 python -m benchmarks.tune_objectives
 """
@@ -27,7 +28,7 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
-from benchmarks._harness import machine_info, update_readme_section
+from benchmarks._harness import machine_info, update_docs_section
 from zipo_scvi import ZIPO, best_settings, compare_seeds, tune
 from zipo_scvi._tune import summarize_seeds
 from zipo_scvi.data import simulate_counts
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     (OUT / "table.md").write_text(text)
     print(text)
     if not args.no_readme:
-        update_readme_section(REPO / "README.md", "tune-benchmark", text)
+        update_docs_section("benchmarks/tune_objectives.md", "tune-benchmark", text)
 
 
 if __name__ == "__main__":

@@ -491,8 +491,8 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys, case):
         assert out.read_text() == "x"
 
 
-def test_readme_cli_section_examples_are_valid(tmp_path):
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+def test_docs_cli_page_examples_are_valid(tmp_path):
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
     section = text.split("<!-- BEGIN:cli -->")[1].split("<!-- END:cli -->")[0]
     tomls = re.findall(r"```toml\n(.*?)```", section, re.S)
     assert tomls

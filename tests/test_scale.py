@@ -339,11 +339,11 @@ def test_simulate_to_h5ad_in_chunks_and_sizes(tmp_path):
     assert not Path(tmp_path / "bad.h5ad").exists()
 
 
-def test_readme_backed_example_runs(tmp_path, monkeypatch):
+def test_docs_backed_example_runs(tmp_path, monkeypatch):
     import re
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = re.search(r"### Counts that stay on disk\n.*?```python\n(.*?)```", readme, re.S)
+    page = (Path(__file__).resolve().parents[1] / "docs" / "scale.md").read_text()
+    block = re.search(r"## Counts that stay on disk\n.*?```python\n(.*?)```", page, re.S)
     code = block.group(1).replace("max_epochs=20", "max_epochs=1, enable_progress_bar=False")
     adata = simulate_counts(n_cells=120, n_genes=40, n_batches=2, seed=0)
     del adata.layers["true_rate"]
@@ -351,7 +351,7 @@ def test_readme_backed_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     adata.write_h5ad("atlas.h5ad")
     namespace: dict = {}
-    exec(compile(code, "README backed example", "exec"), namespace)
+    exec(compile(code, "docs/scale.md backed example", "exec"), namespace)
     assert namespace["latent"].shape[0] == 120
     out = ad.read_h5ad("atlas_denoised.h5ad", backed="r")
     assert out.layers["zipo_denoised"].shape == (120, 40)

@@ -199,14 +199,14 @@ def test_bad_inputs(small):
         compare_seeds(small, {"a": {}}, metrics=("true_mse",))
 
 
-def test_readme_tune_example_runs(small, tmp_path, monkeypatch):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("<!-- BEGIN:tune -->", 1)[1]
+def test_docs_tune_example_runs(small, tmp_path, monkeypatch):
+    page = (Path(__file__).resolve().parents[1] / "docs" / "tuning.md").read_text()
+    section = page.split("<!-- BEGIN:tune -->", 1)[1]
     block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     code = block.replace("n_trials=40", "n_trials=1").replace("max_epochs=200", "max_epochs=2")
     assert code != block and 'storage="zipo_search.db"' in code
     monkeypatch.chdir(tmp_path)
     namespace = {"adata": small}
-    exec(compile(code, "README tune", "exec"), namespace)
+    exec(compile(code, "docs/tuning.md example", "exec"), namespace)
     assert len(namespace["study"].trials) == 1 and (tmp_path / "zipo_search.db").exists()
     assert namespace["model"].is_trained
