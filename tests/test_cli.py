@@ -155,12 +155,15 @@ def test_progress_messages_quiet_and_force(tmp_path, counts, config, capsys):
     assert main(cmd) == 0
     captured = capsys.readouterr()
     assert "zipo: read 90 cells x 30 genes" in captured.err and "wrote" in captured.err
-    assert "Epoch 2/2" in captured.out + captured.err  # the progress bar
+    shown = captured.out + captured.err
+    assert "early stopping on held-out molecules; at most 2 epochs" in shown  # the progress bar
+    assert "ZIPO trained 2 epochs" in shown and "Best held-out loss" in shown  # the summary
     first = anndata.read_h5ad(out).layers["zipo_denoised"]
     assert main([*cmd, "--quiet", "--seed", "5"]) == 2  # the output exists
     assert main([*cmd, "--quiet", "--seed", "5", "--force"]) == 0
     captured = capsys.readouterr()
-    assert captured.err.count("zipo: error:") == 1 and "Epoch" not in captured.out
+    assert captured.err.count("zipo: error:") == 1 and captured.out == ""  # --quiet: nothing
+    assert captured.err.strip().count("\n") == 0
     second = anndata.read_h5ad(out)
     assert second.uns["zipo"]["settings"]["train"]["seed"] == 5
     assert not np.allclose(second.layers["zipo_denoised"], first)  # really rewritten
@@ -464,6 +467,7 @@ def test_embedded_default_via_python_m(tmp_path):
         env={**os.environ, "OMP_NUM_THREADS": "1"},  # one thread: fast on a shared CPU
     )
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and proc.stderr == ""  # --quiet: not even Lightning's messages
     assert anndata.read_h5ad(out).obsm["X_zipo"].shape[0] == 2000
     assert settings_path(out).exists()
 

@@ -30,14 +30,23 @@ def trained():
 
 def test_history_from_model_anndata_and_mapping(trained):
     model, adata = trained
+    best = int(model.history["validation_loss"].iloc[:, 0].to_numpy().argmin()) + 1
     for source in (model, adata, adata.uns["zipo"]["history"]):
         fig = pl.history(source)
-        assert isinstance(fig, Figure) and len(fig.axes) == 2
-        nll = fig.axes[0]
-        assert [line.get_label() for line in nll.lines] == ["train", "validation"]
+        # training (top row) and validation (bottom row) on separate axes, NLL and MSE columns
+        assert isinstance(fig, Figure) and len(fig.axes) == 4
+        train, validation = fig.axes[0], fig.axes[2]
+        assert train.get_title().startswith("NLL, training")
+        assert validation.get_title().startswith("NLL, validation")
+        assert [line.get_label() for line in train.lines] == ["train", f"best epoch {best}"]
+        assert validation.lines[0].get_label() == "validation"
         expected = model.history["nll_train"].iloc[:, 0].to_numpy(dtype=float)
-        np.testing.assert_allclose(np.asarray(nll.lines[0].get_ydata(), dtype=float), expected)
-    assert len(pl.history(model, metrics=("nll",)).axes) == 1
+        np.testing.assert_allclose(np.asarray(train.lines[0].get_ydata(), dtype=float), expected)
+        expected = model.history["nll_validation"].iloc[:, 0].to_numpy(dtype=float)
+        np.testing.assert_allclose(np.asarray(validation.lines[0].get_ydata(), float), expected)
+        assert list(validation.lines[1].get_xdata()) == [best, best]  # the best-epoch marker
+    assert "held-out molecules" in pl.history(model).axes[2].get_title()
+    assert len(pl.history(model, metrics=("nll",)).axes) == 2
     with pytest.raises(KeyError, match="none of"):
         pl.history(model, metrics=("accuracy",))
     with pytest.raises(KeyError, match="uns"):
@@ -67,7 +76,12 @@ def test_denoised_vs_raw_panels_and_errors(trained):
     assert [ax.get_title() for ax in fig.axes] == genes
     raw = np.log1p(adata.X[:, 0].toarray().ravel())
     np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets()[:, 0], raw)
-    assert len(pl.denoised_vs_raw(adata, n_genes=3).axes) == 3
+    # default: the most variable genes, not the most expressed
+    default = pl.denoised_vs_raw(adata, n_genes=3)
+    chosen = [ax.get_title() for ax in default.axes]
+    assert chosen == pl.informative_genes(adata, n=3) and len(set(chosen)) == 3
+    totals = np.asarray(adata.X.sum(axis=0)).ravel()
+    assert set(chosen) != set(adata.var_names[np.argsort(-totals)[:3]])
     with pytest.raises(KeyError, match="gene_x"):
         pl.denoised_vs_raw(adata, genes=["gene_x"])
     with pytest.raises(KeyError, match="missing_layer"):

@@ -186,3 +186,26 @@ def test_history_holds_no_vae_only_series(trained):
 def test_differential_expression_explains_what_to_use(trained):
     with pytest.raises(NotImplementedError, match="rank_genes_groups"):
         trained.differential_expression(groupby="group")
+
+
+def test_training_says_how_it_ended_in_words(capsys):
+    from zipo_scvi import ZIPO
+    from zipo_scvi.data import simulate_counts
+
+    adata = simulate_counts(n_cells=120, n_genes=30, seed=0)
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, encoder_sizes=(16, 4), library_sizes=(8, 4))
+    capsys.readouterr()
+    model.train(max_epochs=200, batch_size=64, early_stopping_patience=2, lr=0.5)
+    shown = capsys.readouterr()
+    text = shown.out + shown.err
+    epochs = len(model.history["train_loss"])
+    assert epochs < 200  # patience 2 at a large learning rate: early stopping ends it
+    assert f"ZIPO trained {epochs} epochs in" in text and "stopped early (cap 200)" in text
+    assert "had not improved for 2 epochs" in text and "Best held-out loss" in text
+    assert "molecules hidden from the model" in text  # what the loss is, in words
+    assert "early stopping on held-out molecules; at most 200 epochs" in text  # the bar
+    assert "Best score" not in text and "Monitored metric" not in text  # Lightning's wording
+    assert f"/{200}" not in text  # the bar does not count towards the cap
+    model.train(max_epochs=1, enable_progress_bar=False)
+    assert capsys.readouterr().out == ""  # no bar: no summary either

@@ -23,11 +23,12 @@ from scvi.data.fields import (
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from ._checks import check_counts, check_obs_keys
+from ._defaults import MOLECULE_SPLIT
 from ._defaults import preset as get_preset
 from ._module import ZiPoModule, denoised_expression
 from ._scale import check_saved_genes
 from ._sparsity import SparsityMixin
-from ._training import ZiPoTrainingPlan
+from ._training import EpochProgressBar, TrainingReport, ZiPoTrainingPlan, loss_in_words
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,32 @@ def _count_summary(manager: AnnDataManager, chunk: int = 10_000) -> tuple[float,
         gene_totals += np.asarray(block.sum(axis=0)).ravel()
     shares = (gene_totals + 1.0) / (gene_totals.sum() + gene_totals.size)
     return float(np.concatenate(log_libraries).mean()), torch.from_numpy(np.log(shares))
+
+
+def _add_training_messages(
+    trainer_kwargs: dict[str, Any],
+    plan: dict[str, Any],
+    monitor: str,
+    early_stopping: bool,
+    has_validation: bool,
+    max_epochs: int,
+) -> None:
+    """Our progress bar (the epoch cap shown as a cap) and end-of-training summary callbacks."""
+    verbose = trainer_kwargs.get("enable_progress_bar", True)
+    words = loss_in_words(monitor, plan["validation"], plan.get("molecule_split", MOLECULE_SPLIT))
+    callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
+    if verbose and trainer_kwargs.get("simple_progress_bar", True):
+        trainer_kwargs["simple_progress_bar"] = False  # scvi's bar says "Epoch 103/1000"
+        where = "held-out molecules" if plan["validation"] == "molecules" else "validation cells"
+        watched = where if has_validation else "the training loss"
+        description = (
+            f"Training (early stopping on {watched}; at most {max_epochs} epochs)"
+            if early_stopping
+            else "Training"
+        )
+        callbacks.append(EpochProgressBar(description, known_length=not early_stopping))
+    callbacks.append(TrainingReport(monitor, words, verbose=verbose))
+    trainer_kwargs["callbacks"] = callbacks
 
 
 #: scvi-tools getter arguments that ZIPO accepts only with their default (off) value.
@@ -335,6 +362,13 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
         plan.update({k: trainer_kwargs.pop(k) for k in _TRAIN_PLAN_KEYS if k in trainer_kwargs})
         plan.update(plan_kwargs or {})
         plan["monitor"] = monitor
+        #: How the validation loss of the last training was scored ("cells", "molecules";
+        #: None without validation cells); read by zipo_scvi.pl.history.
+        self.validation_mode = plan["validation"] if has_validation else None
+        max_epochs = max_epochs or defaults["max_epochs"]
+        _add_training_messages(
+            trainer_kwargs, plan, monitor, early_stopping, has_validation, max_epochs
+        )
         trainer_kwargs.setdefault("early_stopping_patience", defaults["early_stopping_patience"])
         trainer_kwargs.setdefault("early_stopping_monitor", monitor)
         if has_validation:
@@ -343,7 +377,7 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
             trainer_kwargs.setdefault("limit_val_batches", 0)
         self.module.train()  # scvi leaves the module in eval mode after training
         return super().train(
-            max_epochs=max_epochs or defaults["max_epochs"],
+            max_epochs=max_epochs,
             accelerator=accelerator,
             devices=devices,
             train_size=train_size,

@@ -1,10 +1,18 @@
-"""ZiPo's training plan: the paper's LR schedule and held-out-molecule validation."""
+"""ZiPo's training plan (the paper's LR schedule, held-out-molecule validation) and the
+callbacks that say what training is doing (a progress bar and an end-of-training summary).
+"""
 
 from __future__ import annotations
 
+import time
+
 import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from scvi import REGISTRY_KEYS
 from scvi.train import TrainingPlan
+from scvi.train._progress import ProgressBar
+from scvi.utils import track
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ._components import dense_input
@@ -211,3 +219,114 @@ class ZiPoTrainingPlan(TrainingPlan):
                         continue
                     value = value.detach()
                 self.log(f"{name}_{mode}", value, **log)
+
+
+# ---------------------------------------------------------------------- what training says
+def loss_in_words(monitor: str, validation: str, molecule_split: float) -> tuple[str, str]:
+    """(short name, sentence) of the loss that early stopping and the LR schedule watch."""
+    penalties = "plus the model's penalties; lower is better"
+    if monitor == "train_loss":
+        return "training loss", f"mean negative log-likelihood per training cell, {penalties}"
+    if validation == "molecules":
+        return "held-out loss", (
+            f"mean negative log-likelihood per validation cell of the {1 - molecule_split:.0%} "
+            f"of its molecules hidden from the model, {penalties}"
+        )
+    return "validation loss", (
+        f"mean negative log-likelihood of the validation cells' counts per cell, {penalties}"
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return (f"{hours} h " if hours else "") + f"{minutes} min {seconds} s"
+
+
+class EpochProgressBar(ProgressBar):
+    """scvi's one-step-per-epoch bar, with the epoch cap shown as a cap.
+
+    With early stopping the run ends when the watched loss stops improving, usually long before
+    the cap, so the bar counts epochs without a total or an ETA and says what ends the run, e.g.
+    ``Training (early stopping on held-out molecules; at most 1000 epochs): 57 epoch [...]``.
+    """
+
+    def __init__(self, description: str, known_length: bool):
+        super().__init__(refresh_rate=1)
+        self.description, self.known_length = description, known_length
+
+    def init_train_tqdm(self, trainer):
+        total = trainer.max_epochs if self.known_length else None
+        return track(
+            None,
+            total=total,
+            description=self.description,
+            style="tqdm",
+            disable=self.is_disabled,
+            unit=" epoch",
+        )
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        # scvi's bar would rename itself "Epoch n/cap" here
+        LightningProgressBar.on_train_epoch_start(self, trainer, pl_module)
+
+
+class TrainingReport(Callback):
+    """Say at the end of training, in words, how it ended (instead of "Best score: 330.788").
+
+    One line: epochs trained and why training ended (early stopping on the watched loss, with
+    its patience, or the epoch cap), the best value of the watched loss and its epoch, what that
+    loss is, and the elapsed time. scvi-tools' early-stopping callback would print Lightning's
+    reason after training; this callback says it instead. ``verbose=False`` prints nothing.
+
+    Parameters
+    ----------
+    monitor
+        The logged loss that early stopping watches.
+    words
+        ``(short name, sentence)`` describing it (see :func:`loss_in_words`).
+    verbose
+        Print the summary (rank 0 only).
+    """
+
+    def __init__(self, monitor: str, words: tuple[str, str], verbose: bool = True):
+        super().__init__()
+        self.monitor, self.words, self.verbose = monitor, words, verbose
+        self.summary = ""
+        self._start = time.perf_counter()
+
+    def on_train_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module):
+        elapsed = _duration(time.perf_counter() - self._start)
+        stoppers = [c for c in trainer.callbacks if isinstance(c, EarlyStopping)]
+        stopped = [
+            c for c in stoppers if getattr(c, "early_stopping_reason", None) or c.stopped_epoch
+        ]
+        for callback in stoppers:  # said below, in words
+            if hasattr(callback, "early_stopping_reason"):
+                callback.early_stopping_reason = None
+        history = getattr(trainer.logger, "history", {}) or {}
+        frame = history.get(self.monitor)
+        epochs = trainer.current_epoch
+        name, meaning = self.words
+        if stopped:
+            how = (
+                f"and stopped early (cap {trainer.max_epochs}): the {name} had not improved "
+                f"for {stopped[0].patience} epochs"
+            )
+        else:
+            how = "(the epoch cap)"
+        best = ""
+        if frame is not None and len(frame):
+            values = frame.iloc[:, 0].astype(float).to_numpy()
+            i = int(values.argmin())
+            kept = f"; the model keeps epoch {epochs}'s weights" if i + 1 != epochs else ""
+            best = f" Best {name}: {values[i]:.6g} at epoch {i + 1}{kept}. The {name} is the "
+            best += f"{meaning}."
+        self.summary = f"ZIPO trained {epochs} epochs in {elapsed} {how}.{best}"
+        if self.verbose and trainer.is_global_zero:
+            print(self.summary, flush=True)

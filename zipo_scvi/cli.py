@@ -39,11 +39,18 @@ def _first_line(err: BaseException) -> str:
 
 
 def _quiet_libraries(quiet: bool) -> None:
-    """Keep Lightning's and scvi's informational chatter off a command-line user's screen."""
+    """Keep Lightning's and scvi's informational chatter off a command-line user's screen.
+
+    Lightning sets its loggers' levels when it is imported, so it is imported first (here, once a
+    command runs; ``--help`` and ``--version`` never get this far).
+    """
+    import lightning.pytorch  # noqa: F401
+
     warnings.filterwarnings("ignore")
+    level = logging.ERROR if quiet else logging.WARNING
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("scvi").setLevel(logging.ERROR if quiet else logging.WARNING)
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger("scvi").setLevel(level)
 
 
 def settings_path(output: str | os.PathLike) -> Path:

@@ -1,6 +1,6 @@
 """Plots: training history, latent embeddings, denoised vs raw counts, zero inflation, tuning."""
 
-from ._plots import denoised_vs_raw, embedding, history, report, zero_inflation
+from ._plots import denoised_vs_raw, embedding, history, informative_genes, report, zero_inflation
 from ._sparsity import pruning_curve, sparsity_curve, weight_histogram
 from ._tune import seed_comparison
 
@@ -8,6 +8,7 @@ __all__ = [
     "denoised_vs_raw",
     "embedding",
     "history",
+    "informative_genes",
     "pruning_curve",
     "report",
     "seed_comparison",

@@ -35,12 +35,43 @@ def _history_table(source: Any) -> dict[str, np.ndarray]:
     return out
 
 
+def _best_epoch(table: Mapping[str, np.ndarray], metrics: Sequence[str]) -> int | None:
+    """The epoch (1-based) of the lowest validation loss (else of the first validation metric)."""
+    keys = ["validation_loss", *(f"{m}_validation" for m in metrics)]
+    for key in keys:
+        values = table.get(key)
+        if values is not None and np.isfinite(values).any():
+            return int(np.nanargmin(values)) + 1
+    return None
+
+
+def _validation_kind(source: Any) -> str:
+    """How the validation curves were scored, from a model's or an output file's settings."""
+    mode = None
+    if isinstance(source, AnnData):
+        settings = source.uns.get("zipo", {}).get("settings", {})
+        mode = settings.get("train", {}).get("validation", settings.get("validation"))
+    else:
+        mode = getattr(source, "validation_mode", None)  # set by ZIPO.train
+    if mode == "molecules":
+        return "validation (held-out molecules)"
+    if mode == "cells":
+        return "validation (whole cells)"
+    return "validation"
+
+
 def history(
     source: Any,
     metrics: Sequence[str] = ("nll", "mse"),
     figsize: tuple[float, float] | None = None,
 ) -> Figure:
-    """Plot training and validation curves of the paper's metrics, one panel per metric.
+    """Plot training and validation curves of the paper's metrics, each on its own axes.
+
+    Training (top row) and validation (bottom row) have separate y axes: with
+    ``validation="molecules"`` (the default preset) the validation curves score the held-out
+    10% of each validation cell's molecules, a scale about ten times smaller than the training
+    curves', on which one shared axis would flatten them. A dotted line marks the best epoch
+    (lowest ``validation_loss``, the loss early stopping watches).
 
     Parameters
     ----------
@@ -48,15 +79,14 @@ def history(
         A trained :class:`~zipo_scvi.ZIPO`, an AnnData written by ``zipo denoise`` (its
         ``uns["zipo"]["history"]``), or a mapping such as ``model.history``.
     metrics
-        Metric names; each panel shows ``{metric}_train`` and ``{metric}_validation``.
+        Metric names; each column shows ``{metric}_train`` (top) and ``{metric}_validation``
+        (bottom).
     figsize
-        Figure size (default: 4 x 3.2 inches per panel).
+        Figure size (default: 4 inches wide per metric, 5.6 high).
 
     Returns
     -------
-    The figure. With ``validation="molecules"`` (the default preset) the validation curves
-    score the held-out 10% of each validation cell's molecules, so they sit on a smaller scale
-    than the training curves.
+    The figure: one axes per logged curve, training first.
 
     Raises
     ------
@@ -69,25 +99,35 @@ def history(
     >>> fig = pl.history(model)  # doctest: +SKIP
     """
     table = _history_table(source)
-    fig = Figure(figsize=figsize or (4 * len(metrics), 3.2), layout="constrained")
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    found = False
-    for ax, metric in zip(axes, metrics):
-        for split, style in (("train", "-"), ("validation", "--")):
-            values = table.get(f"{metric}_{split}")
-            if values is None or not np.isfinite(values).any():
-                continue
-            found = True
-            epochs = np.arange(1, values.size + 1)
-            ax.plot(epochs, values, style, marker=".", label=split)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(_LABELS.get(metric, metric))
-        ax.set_title(metric.upper())
-        if ax.lines:
-            ax.legend(frameon=False)
-    if not found:
+    best = _best_epoch(table, metrics)
+    kinds = {"train": "training", "validation": _validation_kind(source)}
+    curves = [
+        (metric, split, table[f"{metric}_{split}"])
+        for metric in metrics
+        for split in ("train", "validation")
+        if f"{metric}_{split}" in table and np.isfinite(table[f"{metric}_{split}"]).any()
+    ]
+    if not curves:
         raise KeyError(f"none of {list(metrics)} was logged; history holds {sorted(table)}")
+    shown = [m for m in metrics if any(c[0] == m for c in curves)]
+    fig = Figure(figsize=figsize or (4 * len(shown), 5.6), layout="constrained")
+    grid = fig.subplots(2, len(shown), squeeze=False, sharex="col")
+    rows = {"train": 0, "validation": 1}
+    for metric, split, values in curves:
+        ax = grid[rows[split], shown.index(metric)]
+        epochs = np.arange(1, values.size + 1)
+        ax.plot(epochs, values, "-" if split == "train" else "--", marker=".", label=split)
+        if best is not None:
+            ax.axvline(best, color="0.4", ls=":", lw=1, label=f"best epoch {best}")
+        ax.set_title(f"{metric.upper()}, {kinds[split]}", fontsize="medium")
+        ax.set_ylabel(_LABELS.get(metric, metric))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(frameon=False, fontsize="small")
+    for ax in grid[-1]:
+        ax.set_xlabel("epoch")
+    for ax in grid.ravel():
+        if not ax.lines:
+            fig.delaxes(ax)
     return fig
 
 
@@ -176,10 +216,29 @@ def _dense_column(adata: AnnData, gene: str, layer: str | None = None) -> np.nda
     return np.asarray(column.toarray() if sp.issparse(column) else column, dtype=float).ravel()
 
 
-def _top_genes(adata: AnnData, layer: str | None, n: int) -> list[str]:
+def informative_genes(adata: AnnData, layer: str | None = None, n: int = 4) -> list[str]:
+    """The ``n`` most variable genes of the raw counts (scanpy's Seurat dispersion).
+
+    Counts are normalised to the median total and log1p-transformed on a copy; genes are
+    ranked by normalised dispersion (``sc.pp.highly_variable_genes(flavor="seurat")``). These
+    are the genes that tell cells apart, where denoising matters, rather than the most
+    expressed ones (housekeeping genes, which denoising changes least).
+
+    Examples
+    --------
+    >>> informative_genes(adata, n=4)  # doctest: +SKIP
+    ['CD74', 'NKG7', 'LYZ', 'GNLY']
+    """
+    import scanpy as sc
+
     matrix = adata.X if layer is None else adata.layers[layer]
-    totals = np.asarray(matrix.sum(axis=0)).ravel()
-    return list(adata.var_names[np.argsort(-totals)[:n]])
+    light = AnnData(X=sp.csr_matrix(matrix, dtype=np.float32))
+    light.var_names = adata.var_names
+    sc.pp.normalize_total(light)
+    sc.pp.log1p(light)
+    table = sc.pp.highly_variable_genes(light, flavor="seurat", inplace=False)
+    table.index = adata.var_names
+    return list(table["dispersions_norm"].fillna(-np.inf).nlargest(n).index)
 
 
 def denoised_vs_raw(
@@ -196,7 +255,9 @@ def denoised_vs_raw(
     adata
         AnnData with raw counts (``X`` or ``layers[layer]``) and ``layers[denoised_layer]``.
     genes
-        Genes to show; default: the ``n_genes`` with the most counts.
+        Genes to show; default: the ``n_genes`` most variable ones (:func:`informative_genes`:
+        genes that tell cells apart, where denoising matters; the most expressed genes are
+        the ones it changes least).
     layer
         Layer of the raw counts (``None``: ``X``).
     denoised_layer
@@ -221,7 +282,7 @@ def denoised_vs_raw(
         raise KeyError(f"adata.layers has no {denoised_layer!r}")
     if layer is not None and layer not in adata.layers:
         raise KeyError(f"adata.layers has no {layer!r}")
-    genes = list(genes) if genes is not None else _top_genes(adata, layer, n_genes)
+    genes = list(genes) if genes is not None else informative_genes(adata, layer, n_genes)
     missing = [g for g in genes if g not in adata.var_names]
     if missing or not genes:
         raise KeyError(f"genes {missing} not found in adata.var_names" if missing else "no genes")
