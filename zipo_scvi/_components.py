@@ -181,6 +181,9 @@ class Encoder(nn.Module):
         ``"full"`` or ``"none"``.
     activation, batch_norm, norm_order
         See :class:`Block`.
+    n_covariates
+        Size of the known covariates (one-hot batch, ...) added to the first layer's
+        pre-activation by their own linear map (scVI's ``encode_covariates``); 0: genes only.
     """
 
     def __init__(
@@ -191,6 +194,7 @@ class Encoder(nn.Module):
         activation: str = "sigmoid",
         batch_norm: bool = True,
         norm_order: str = "act_bn",
+        n_covariates: int = 0,
     ):
         super().__init__()
         if len(sizes) == 0:
@@ -198,6 +202,8 @@ class Encoder(nn.Module):
         _lookup(RESIDUALS, residuals, "residuals")
         sizes = [int(s) for s in sizes]
         self.first = MaskedLinear(n_input, sizes[0])
+        # beside the gene weights, so that pruning and the first-layer penalty see genes only
+        self.covariates = nn.Linear(n_covariates, sizes[0], bias=False) if n_covariates else None
         self.first_post = nn.Sequential(
             *_post_layers(sizes[0], activation, batch_norm, norm_order)
         )
@@ -208,9 +214,12 @@ class Encoder(nn.Module):
         hidden = sizes[:-1] if residuals == "full" else []
         self.residuals = nn.ModuleList(nn.Linear(s, n_latent) for s in hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Encode a minibatch (dense or sparse CSR) into latents."""
-        h = self.first_post(self.first(x))
+    def forward(self, x: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode a minibatch (dense or sparse CSR), with its covariates if any, into latents."""
+        h = self.first(x)
+        if self.covariates is not None and covariates is not None:
+            h = h + self.covariates(covariates)
+        h = self.first_post(h)
         outputs = [h]
         for block in self.blocks:
             h = block(h)

@@ -4,7 +4,8 @@ A settings file holds, at the top level or in the tables ``[setup]``, ``[model]`
 and ``[run]``, the arguments of :meth:`ZIPO.setup_anndata <zipo_scvi.ZIPO.setup_anndata>`, the
 module hyperparameters of :mod:`zipo_scvi._defaults` (plus ``preset``), the arguments of
 :meth:`ZIPO.train <zipo_scvi.ZIPO.train>` (plus the preset's schedule and stopping settings), and
-the command line's own ``threads``, ``transpose`` and ``backed``; ``zipo tune`` also reads a
+the command line's own ``threads``, ``transpose``, ``backed``, ``transform_batch`` and
+``label_key``; ``zipo tune`` also reads a
 ``[search]`` table (``name = [kind, ...]``, see :func:`zipo_scvi.tune`). Precedence: preset <
 file < flags.
 """
@@ -30,7 +31,13 @@ from ._defaults import preset as get_preset
 GROUPS = ("run", "setup", "model", "train")
 
 #: Settings of the command line itself (not arguments of ZIPO).
-RUN_TYPES: dict[str, Any] = {"threads": int, "transpose": bool, "backed": bool}
+RUN_TYPES: dict[str, Any] = {
+    "threads": int,
+    "transpose": bool,
+    "backed": bool,
+    "transform_batch": str,  # decode every cell as if from this batch (zipo denoise)
+    "label_key": str,  # obs column the report's UMAP is also coloured by
+}
 
 #: Preset training settings that ``ZIPO.train`` takes through ``plan_kwargs``.
 PLAN_KEYS = ("lr_decay", "lr_floor", "lr_patience", "lr_threshold", "lr_factor", "weight_decay")

@@ -30,6 +30,10 @@ PAPER_MODULE: MappingProxyType = MappingProxyType(
         "alpha_theta": 0.0,  # II-E names it; the paper gives no value
         "alpha_library": 0.1,  # III-F: ZINB's library term 0.1 * E[(l - sum x)^2]
         "data_init": False,  # II-G: PyTorch's default initialisation
+        # several samples: the paper gives the batch to the decoder only (II-C)
+        "encode_covariates": False,  # the batch and categorical covariates also enter the encoder
+        "batch_mmd": 0.0,  # weight of a kernel MMD penalty between batches' latents
+        "batch_adversary": 0.0,  # weight of an adversarial batch classifier on the latents
     }
 )
 
@@ -72,6 +76,11 @@ DEFAULT_MODULE_CHANGES: MappingProxyType = MappingProxyType(
         "latent_noise": 0.3,
         "data_init": True,
         "library_source": "observed",
+        # several samples: the batch to the encoder too, and an MMD penalty between the
+        # batches' latents, so that the latents keep no batch and transform_batch removes it
+        # (benchmarks/integration.py; the adversarial classifier mixed less, see docs/samples.md)
+        "encode_covariates": True,
+        "batch_mmd": 100.0,
     }
 )
 DEFAULT_TRAIN_CHANGES: MappingProxyType = MappingProxyType(

@@ -425,12 +425,24 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
     def _batch_code(self, transform_batch) -> int | None:
         if transform_batch is None:
             return None
-        mapping = list(
-            self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
-        )
-        if transform_batch not in mapping:
-            raise ValueError(f"transform_batch {transform_batch!r} is not one of {mapping}.")
-        return mapping.index(transform_batch)
+        batch_key = self.adata_manager.registry["setup_args"].get("batch_key")
+        if batch_key is None:
+            raise ValueError(
+                f"transform_batch={transform_batch!r} needs a model set up with a batch_key "
+                "(ZIPO.setup_anndata(adata, batch_key=...)); this one was set up without one."
+            )
+        mapping = [
+            str(b)
+            for b in self.adata_manager.get_state_registry(
+                REGISTRY_KEYS.BATCH_KEY
+            ).categorical_mapping
+        ]
+        if str(transform_batch) not in mapping:
+            raise ValueError(
+                f"transform_batch {transform_batch!r} is not a batch of {batch_key!r}; "
+                f"choose one of {mapping}."
+            )
+        return mapping.index(str(transform_batch))
 
     def _collect(
         self,

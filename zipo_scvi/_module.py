@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
+from scvi.module import Classifier
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
@@ -64,6 +65,15 @@ def scale_invariant_penalty(weight: torch.Tensor) -> torch.Tensor:
     0.8536
     """
     return _ScaleInvariantPenalty.apply(weight)
+
+
+def _covariate_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+    """The minibatch's covariates, by the argument names of inference and generative."""
+    return {
+        "batch_index": tensors.get(REGISTRY_KEYS.BATCH_KEY),
+        "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
+        "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS_KEY),
+    }
 
 
 def denoised_expression(
@@ -130,6 +140,22 @@ class ZiPoModule(BaseModuleClass):
     alpha_z, alpha_w, alpha_theta, alpha_library
         Loss weights of paper II-E and III-F: zero-inflation ``E[z^2]``, the scale-invariant
         first-layer penalty, ``E[log(theta)^2]`` and ZINB/NB's library term.
+    encode_covariates
+        Give the covariates to the encoder as well (scVI's ``encode_covariates``), so that it
+        can remove what the batch does to the counts before the latents.
+    batch_mmd
+        Weight of a kernel MMD penalty between the latents of each batch (and each level of
+        every categorical covariate) and those of the other cells of the minibatch
+        (:meth:`batch_mmd`): it pulls the samples' latent distributions together, so that the
+        latents keep no batch and the batch-specific decoder weights carry the technical
+        differences. 0 disables it (paper).
+    batch_adversary
+        Weight ``kappa`` of an adversarial classifier on the latents, one per nuisance
+        category (the batch and every categorical covariate): the classifier learns to
+        predict the category from the latents, the encoder to fool it (the losses of scvi's
+        :class:`~scvi.train.AdversarialTrainingPlan`, see :meth:`adversarial_losses`). 0
+        disables it (paper and default: with two samples the encoder learns to swap them
+        rather than mix them, see ``docs/samples.md``).
 
     Examples
     --------
@@ -163,6 +189,9 @@ class ZiPoModule(BaseModuleClass):
         alpha_w: float = _P["alpha_w"],
         alpha_theta: float = _P["alpha_theta"],
         alpha_library: float = _P["alpha_library"],
+        encode_covariates: bool = _P["encode_covariates"],
+        batch_mmd: float = _P["batch_mmd"],
+        batch_adversary: float = _P["batch_adversary"],
     ):
         super().__init__()
         self.likelihood = get_likelihood(likelihood)
@@ -180,8 +209,25 @@ class ZiPoModule(BaseModuleClass):
 
         self.input_dropout = nn.Dropout(input_dropout)
         self.latent_noise = latent_noise
+        self.encode_covariates = bool(encode_covariates)
         self.encoder = Encoder(
-            n_input, encoder_sizes, residuals, activation, batch_norm, norm_order
+            n_input,
+            encoder_sizes,
+            residuals,
+            activation,
+            batch_norm,
+            norm_order,
+            n_covariates=n_cov if self.encode_covariates else 0,
+        )
+        self.batch_mmd_weight = float(batch_mmd)
+        self.batch_adversary = float(batch_adversary)
+        nuisance = [n_batch if n_batch > 1 else 0, *self.n_cats_per_cov]
+        self.n_nuisance = sum(n > 1 for n in nuisance)
+        # scvi's AdversarialTrainingPlan builds the same classifier (2 x 32 hidden, logits)
+        self.adversaries = nn.ModuleList(
+            Classifier(self.n_latent, n_hidden=32, n_labels=n, n_layers=2, logits=True)
+            for n in (nuisance if self.batch_adversary > 0 else [])
+            if n > 1
         )
         self.library = LibraryNet(self.n_latent + n_cov, library_sizes, activation, batch_norm)
         self.decoder = Decoder(
@@ -208,7 +254,10 @@ class ZiPoModule(BaseModuleClass):
         self.decoder.mean.bias.copy_(gene_log_freq.to(self.decoder.mean.bias))
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
-        return {"x": tensors[REGISTRY_KEYS.X_KEY]}
+        inputs = {"x": tensors[REGISTRY_KEYS.X_KEY]}
+        if self.encode_covariates:
+            inputs |= _covariate_tensors(tensors)
+        return inputs
 
     def _get_generative_input(
         self, tensors: dict[str, torch.Tensor], inference_outputs: dict, **kwargs
@@ -219,19 +268,29 @@ class ZiPoModule(BaseModuleClass):
         return {
             "z": inference_outputs["z"],
             "log_observed_library": observed,
-            "batch_index": tensors.get(REGISTRY_KEYS.BATCH_KEY),
-            "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
-            "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS_KEY),
+            **_covariate_tensors(tensors),
         }
 
     # ------------------------------------------------------------------ model
     @auto_move_data
-    def inference(self, x: torch.Tensor, n_samples: int = 1) -> dict[str, torch.Tensor]:
-        """Encode counts into the latents ``U`` (returned as ``"z"``, deterministic)."""
+    def inference(
+        self,
+        x: torch.Tensor,
+        n_samples: int = 1,
+        batch_index: torch.Tensor | None = None,
+        cat_covs: torch.Tensor | None = None,
+        cont_covs: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Encode counts (and, with ``encode_covariates``, the covariates) into the latents
+        ``U`` (returned as ``"z"``, deterministic).
+        """
         h = self.transform(x)
         if self.training:
             h = drop_input(h, self.input_dropout.p)
-        u = self.encoder(h)
+        covariates = None
+        if self.encode_covariates and self.n_covariates:
+            covariates = self.covariates(x.shape[0], batch_index, cat_covs, cont_covs)
+        u = self.encoder(h, covariates)
         if self.training and self.latent_noise > 0 and u.shape[0] > 1:
             u = u + self.latent_noise * u.detach().std(dim=0) * torch.randn_like(u)
         if n_samples > 1:
@@ -287,6 +346,58 @@ class ZiPoModule(BaseModuleClass):
         heads["log_rate"] = log_library + heads["log_mu"]
         heads["px"] = heads["log_mu"].exp()
         return heads
+
+    def nuisance_labels(self, tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The categories the adversaries predict: the batch, then each categorical covariate."""
+        labels = []
+        if self.n_batch > 1:
+            labels.append(tensors[REGISTRY_KEYS.BATCH_KEY])
+        if self.n_cats_per_cov:
+            cats = tensors[REGISTRY_KEYS.CAT_COVS_KEY].split(1, dim=1)
+            labels += [c for c, n in zip(cats, self.n_cats_per_cov) if n > 1]
+        return [label.reshape(-1).long() for label in labels]
+
+    def adversarial_losses(
+        self, z: torch.Tensor, tensors: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two losses of scvi's ``AdversarialTrainingPlan``, summed over the adversaries.
+
+        ``fool``: cross-entropy of each classifier's prediction from ``z`` against a uniform
+        target over the *other* categories; its gradient reaches the encoder only (the
+        classifier's weights are detached). ``classify``: cross-entropy against the true
+        category on detached latents; its gradient reaches the classifiers only. scvi steps two
+        optimisers on them in turn; their sum here gives the same gradients in one step.
+        """
+        fool = classify = z.new_zeros(())
+        for adversary, label in zip(self.adversaries, self.nuisance_labels(tensors)):
+            n = adversary.classifier[-1].out_features
+            one_hot = F.one_hot(label, n).float()
+            frozen = {name: p.detach() for name, p in adversary.named_parameters()}
+            logits = torch.func.functional_call(adversary, frozen, (z,))
+            fool = fool + F.cross_entropy(logits, (1.0 - one_hot) / (n - 1))
+            classify = classify + F.cross_entropy(adversary(z.detach()), label)
+        return fool, classify
+
+    def batch_mmd(self, z: torch.Tensor, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Kernel MMD^2 between the latents of each nuisance level and of the other cells.
+
+        Summed over the nuisance categories (:meth:`nuisance_labels`) and their levels present
+        in the minibatch with at least 2 cells on each side; Gaussian kernels at 5 bandwidths
+        (0.25 to 4 times the minibatch's median squared distance, a detached scale), the
+        biased estimate (as in trVAE's MMD penalty).
+        """
+        total = z.new_zeros(())
+        d2 = torch.cdist(z, z).pow(2)
+        scale = d2.detach().median().clamp_min(1e-6)
+        k = sum(torch.exp(-d2 / (scale * f)) for f in (0.25, 0.5, 1.0, 2.0, 4.0))
+        for label in self.nuisance_labels(tensors):
+            for level in label.unique():
+                a = label == level
+                if a.sum() < 2 or (~a).sum() < 2:
+                    continue
+                b = ~a
+                total = total + k[a][:, a].mean() + k[b][:, b].mean() - 2 * k[a][:, b].mean()
+        return total
 
     def log_likelihood(self, x: torch.Tensor, generative_outputs: dict) -> torch.Tensor:
         """Elementwise log-likelihood of counts ``x`` under the decoded distribution."""
@@ -347,6 +458,14 @@ class ZiPoModule(BaseModuleClass):
             extra["library_nll"] = library_nll.mean().detach()
         if g["log_theta"] is not None:
             loss = loss + self.alpha_theta * g["log_theta"].pow(2).mean()
+        if self.training and self.batch_mmd_weight > 0 and self.n_nuisance:
+            mmd = self.batch_mmd(inference_outputs["z"], tensors)
+            loss = loss + self.batch_mmd_weight * mmd
+            extra["batch_mmd"] = mmd.detach()
+        if self.training and len(self.adversaries):
+            fool, classify = self.adversarial_losses(inference_outputs["z"], tensors)
+            loss = loss + self.batch_adversary * (fool + classify)
+            extra["batch_classifier_loss"] = classify.detach()
         if g["log_theta"] is not None and self.library_source == "latent":
             library_gap = g["log_library"].exp().squeeze(1) * rate_scale - x.sum(dim=1)
             loss = loss + self.alpha_library * library_gap.pow(2).mean()

@@ -387,6 +387,7 @@ def write_denoised(
     batch_size: int = 1024,
     compression: str | None = None,
     uns: Mapping[str, Any] | None = None,
+    transform_batch: str | None = None,
 ) -> Path:
     """Write denoised expression to an ``.h5ad`` file block by block, never whole in memory.
 
@@ -424,6 +425,9 @@ def write_denoised(
         HDF5 compression of the new layers (``None``, ``"gzip"`` or ``"lzf"``).
     uns
         Entries written under ``uns`` (e.g. the settings of the run).
+    transform_batch
+        Decode every cell as if it came from this batch (see
+        :meth:`ZIPO.get_normalized_expression`).
 
     Returns
     -------
@@ -444,6 +448,7 @@ def write_denoised(
         raise ValueError(f"Unknown output layer(s) {unknown}; choose from {list(OUTPUT_LAYERS)}.")
     if batch_size < 2:
         raise ValueError(f"batch_size must be at least 2, not {batch_size}.")
+    model._batch_code(transform_batch)  # an unknown batch fails before any writing
     adata = model._validate_anndata(adata)
     path = Path(path)
     if path.suffix != ".h5ad":
@@ -481,7 +486,9 @@ def write_denoised(
             library = np.empty(n_obs, dtype=np.float32)
             observed = np.empty(n_obs, dtype=np.float32)
             start = 0
-            for rows, block in output_blocks(model, adata, wanted, library_size, batch_size):
+            for rows, block in output_blocks(
+                model, adata, wanted, library_size, batch_size, transform_batch
+            ):
                 if latent is not None:
                     latent[rows] = block[LATENT_KEY]
                 library[rows] = block[PREDICTED_LIBRARY_KEY]
@@ -528,12 +535,15 @@ def output_blocks(
     layers: Sequence[str],
     library_size: float | Literal["latent", "observed"],
     batch_size: int | None,
+    transform_batch: str | None = None,
 ) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
     """ZIPO's outputs for one block of cells at a time (float32), in the order of the cells.
 
     Yields ``(rows, block)``: ``block`` maps each name in ``layers``, ``"X_zipo"``,
     ``"zipo_predicted_library"`` and ``"zipo_observed_library"`` to that block's values.
+    ``transform_batch``: decode every cell as if it came from this batch.
     """
+    batch_code = model._batch_code(transform_batch)
     module = model.module
     module.eval()
     loader = model._make_data_loader(adata=adata, indices=None, batch_size=batch_size)
@@ -541,7 +551,9 @@ def output_blocks(
     with torch.inference_mode():
         for tensors in loader:
             inference = module.inference(**module._get_inference_input(tensors))
-            g = module.generative(**module._get_generative_input(tensors, inference))
+            g = module.generative(
+                **module._get_generative_input(tensors, inference), transform_batch=batch_code
+            )
             x = tensors[REGISTRY_KEYS.X_KEY]
             block = {
                 LATENT_KEY: inference["z"].float().cpu().numpy(),
@@ -560,6 +572,7 @@ def add_outputs(
     adata: AnnData | None = None,
     library_size: float | Literal["latent", "observed"] = "observed",
     batch_size: int | None = None,
+    transform_batch: str | None = None,
 ) -> AnnData:
     """Put ZIPO's outputs into an in-memory AnnData (what ``zipo denoise`` writes).
 
@@ -580,6 +593,9 @@ def add_outputs(
         See :meth:`ZIPO.get_normalized_expression`.
     batch_size
         Cells per minibatch.
+    transform_batch
+        Decode every cell as if it came from this batch (see
+        :meth:`ZIPO.get_normalized_expression`).
 
     Returns
     -------
@@ -588,7 +604,9 @@ def add_outputs(
     adata = model._validate_anndata(adata)
     names = output_layers(model.module)
     parts: dict[str, list[np.ndarray]] = {}
-    for _rows, block in output_blocks(model, adata, names, library_size, batch_size):
+    for _rows, block in output_blocks(
+        model, adata, names, library_size, batch_size, transform_batch
+    ):
         for key, value in block.items():
             parts.setdefault(key, []).append(value)
     values = {key: np.concatenate(value, axis=0) for key, value in parts.items()}

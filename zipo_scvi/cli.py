@@ -73,6 +73,8 @@ def _flag_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "threads": args.threads,
             "transpose": args.transpose,
             "backed": getattr(args, "backed", None),
+            "transform_batch": getattr(args, "transform_batch", None),
+            "label_key": getattr(args, "label_key", None),
         },
         "setup": {
             "layer": args.layer,
@@ -251,6 +253,21 @@ _TRAINING_FLAGS = (
 )
 
 
+def _check_batch_outputs(adata, settings: dict) -> tuple[str | None, str | None]:
+    """``--transform-batch`` needs ``--batch-key``; ``--label-key`` must be an obs column."""
+    run, batch_key = settings["run"], settings["setup"].get("batch_key")
+    transform_batch, label_key = run.get("transform_batch"), run.get("label_key")
+    if transform_batch is not None and not batch_key:
+        raise UserError(
+            f"--transform-batch {transform_batch} needs a batch key (--batch-key: the obs column "
+            "of samples the model is trained with)"
+        )
+    if label_key is not None and label_key not in adata.obs:
+        columns = ", ".join(map(str, adata.obs.columns[:10])) or "none"
+        raise UserError(f"--label-key {label_key!r} is not an obs column (columns: {columns})")
+    return transform_batch, label_key
+
+
 def _denoise(args: argparse.Namespace) -> int:
     fmt = _check_input(args)
     _output_folder(args)
@@ -294,9 +311,11 @@ def _denoise(args: argparse.Namespace) -> int:
     _say(args, f"read {adata.n_obs} cells x {adata.n_vars} genes from {source}")
     if args.model is not None:
         return _apply_model(args, adata, source, paths, backed)
+    transform_batch, label_key = _check_batch_outputs(adata, settings)
     _setup(adata, settings["setup"])
     try:
         model = ZIPO(adata, **model_kwargs(settings))
+        model._batch_code(transform_batch)  # a batch the data has, before training
     except (ValueError, TypeError, KeyError) as err:
         raise UserError(_first_line(err)) from err
     _say(args, model.summary_string.splitlines()[0])
@@ -320,22 +339,26 @@ def _denoise(args: argparse.Namespace) -> int:
         f"input: {source}",
     ]
     if backed:  # outputs streamed to the file block by block, never whole in memory
-        model.write_normalized_expression(str(out), uns={"zipo": uns})
+        model.write_normalized_expression(
+            str(out), uns={"zipo": uns}, transform_batch=transform_batch
+        )
         write_text_atomic(dump_toml(settings, header), paths["--output (settings)"])
         _say(args, f"trained {epochs} epochs; wrote {', '.join(map(str, paths.values()))}")
         return EXIT_OK
     # layers["zipo_denoised"] is mu times each cell's observed total (obs["zipo_observed_library"],
     # the denoised value the benchmarks score best); obs["zipo_predicted_library"] is the library
     # subnetwork's l. Only the layers the likelihood has are written (no zero_prob for Poisson/NB).
-    add_outputs(model, adata, library_size="observed")
+    add_outputs(model, adata, library_size="observed", transform_batch=transform_batch)
     adata.uns["zipo"] = uns
-    _write_outputs(adata, paths, settings["setup"])
+    _write_outputs(adata, paths, settings["setup"], label_key)
     write_text_atomic(dump_toml(settings, header), paths["--output (settings)"])
     _say(args, f"trained {epochs} epochs; wrote {', '.join(str(p) for p in paths.values())}")
     return EXIT_OK
 
 
-def _write_outputs(adata, paths: dict[str, Path], setup: dict[str, Any]) -> None:
+def _write_outputs(
+    adata, paths: dict[str, Path], setup: dict[str, Any], label_key: str | None = None
+) -> None:
     """Write the TSV folder first (replaced whole; it may hold the .h5ad), .h5ad, report."""
     from .data import write_h5ad_atomic, write_tsv_dir
 
@@ -345,7 +368,13 @@ def _write_outputs(adata, paths: dict[str, Path], setup: dict[str, Any]) -> None
     if "--report" in paths:
         from .pl import report
 
-        report(adata, paths["--report"], color=setup.get("batch_key"), layer=setup.get("layer"))
+        report(
+            adata,
+            paths["--report"],
+            color=setup.get("batch_key"),
+            label=label_key,
+            layer=setup.get("layer"),
+        )
 
 
 def _apply_model(args: argparse.Namespace, adata, source: str, paths, backed: bool) -> int:
@@ -356,6 +385,17 @@ def _apply_model(args: argparse.Namespace, adata, source: str, paths, backed: bo
     model = _load_model(args.model, adata)
     _say(args, f"applying {model.summary_string.splitlines()[0]} from {args.model}")
     setup = {k: v for k, v in model.registry_.get("setup_args", {}).items() if v is not None}
+    transform_batch, label_key = _check_batch_outputs(
+        adata,
+        {
+            "run": {"transform_batch": args.transform_batch, "label_key": args.label_key},
+            "setup": setup,
+        },
+    )
+    try:
+        model._batch_code(transform_batch)
+    except ValueError as err:
+        raise UserError(_first_line(err)) from err
     uns = {
         "model": str(Path(args.model).resolve()),
         "setup": setup,
@@ -365,11 +405,13 @@ def _apply_model(args: argparse.Namespace, adata, source: str, paths, backed: bo
         "version": __version__,
     }
     if backed:
-        model.write_normalized_expression(str(paths["--output"]), uns={"zipo": uns})
+        model.write_normalized_expression(
+            str(paths["--output"]), uns={"zipo": uns}, transform_batch=transform_batch
+        )
     else:
-        add_outputs(model, adata, library_size="observed")
+        add_outputs(model, adata, library_size="observed", transform_batch=transform_batch)
         adata.uns["zipo"] = uns
-        _write_outputs(adata, paths, setup)
+        _write_outputs(adata, paths, setup, label_key)
     _say(args, f"applied the model (no training); wrote {', '.join(map(str, paths.values()))}")
     return EXIT_OK
 
@@ -558,7 +600,11 @@ def _data_flags() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", metavar="FILE.toml", help="TOML settings (Python argument names)")
     p.add_argument("--layer", help="layer holding the counts (default: X)")
-    p.add_argument("--batch-key", metavar="KEY", help="obs column of batches")
+    p.add_argument(
+        "--batch-key",
+        metavar="KEY",
+        help="obs column of batches (samples): the latents are kept free of them",
+    )
     p.add_argument("--categorical-covariates", nargs="+", metavar="KEY", help="obs columns")
     p.add_argument("--continuous-covariates", nargs="+", metavar="KEY", help="obs columns")
     p.add_argument("--likelihood", choices=["zip", "zinb", "poisson", "nb"])
@@ -634,6 +680,16 @@ def build_parser() -> argparse.ArgumentParser:
         "latent.tsv",
     )
     d.add_argument("--report", metavar="DIR", help="write PNG plots (history, UMAP, ...)")
+    d.add_argument(
+        "--transform-batch",
+        metavar="NAME",
+        help="denoise every cell as if it came from batch NAME (needs --batch-key)",
+    )
+    d.add_argument(
+        "--label-key",
+        metavar="KEY",
+        help="obs column (e.g. cell type) the report's UMAP is coloured by, beside the batch",
+    )
     d.add_argument(
         "--backed",
         action="store_true",

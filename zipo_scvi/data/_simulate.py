@@ -115,7 +115,8 @@ def simulate_counts(
     Returns
     -------
     AnnData with raw counts in ``X`` (float32), the true rates in ``layers["true_rate"]``
-    (cells x genes, the Poisson means before dropout), ``obs["group"]``, ``obs["batch"]``, a
+    (cells x genes, the Poisson means before dropout), each batch's true gene factors in
+    ``varm["batch_factors"]`` (genes x batches), ``obs["group"]``, ``obs["batch"]``, a
     technical categorical ``obs["donor"]`` and continuous ``obs["pct_mito"]`` (both without
     effect on the counts), and ``obs["true_library"]``.
 
@@ -144,6 +145,7 @@ def simulate_counts(
     var = pd.DataFrame(index=[f"gene{j}" for j in range(n_genes)])
     adata = AnnData(sp.csr_matrix(counts) if sparse else counts, obs=obs, var=var)
     adata.layers["true_rate"] = rate.astype(np.float32)
+    adata.varm["batch_factors"] = batch_factors.T.astype(np.float32)
     adata.uns["simulation"] = {
         "seed": seed,
         "n_groups": n_groups,

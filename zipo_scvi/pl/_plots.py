@@ -133,14 +133,14 @@ def history(
 
 def embedding(
     adata: AnnData,
-    color: str | None = None,
+    color: str | Sequence[str] | None = None,
     basis: Literal["umap", "tsne"] = "umap",
     use_rep: str = "X_zipo",
     n_neighbors: int = 15,
     seed: int = 0,
     figsize: tuple[float, float] = (5.0, 4.0),
 ) -> Figure:
-    """UMAP or t-SNE of ZIPO's latents, coloured by an ``obs`` column (computed with scanpy).
+    """UMAP or t-SNE of ZIPO's latents, coloured by ``obs`` columns (computed with scanpy).
 
     The embedding is computed on a light copy (``obs`` and the latents), so ``adata`` is not
     changed.
@@ -150,7 +150,8 @@ def embedding(
     adata
         AnnData with the latents in ``obsm[use_rep]``.
     color
-        ``obs`` column (or gene name) to colour by; ``None`` for one colour.
+        ``obs`` column (or gene name) to colour by, or several (one panel each, e.g. the batch
+        and a cell-type column); ``None`` for one colour.
     basis
         ``"umap"`` or ``"tsne"``.
     use_rep
@@ -160,7 +161,7 @@ def embedding(
     seed
         Random state of UMAP / t-SNE.
     figsize
-        Figure size in inches.
+        Figure size in inches of one panel.
 
     Returns
     -------
@@ -169,7 +170,7 @@ def embedding(
     Raises
     ------
     KeyError
-        If ``use_rep`` or ``color`` is missing.
+        If ``use_rep`` or a ``color`` is missing.
     ValueError
         If ``basis`` is not ``"umap"`` or ``"tsne"``.
 
@@ -183,15 +184,18 @@ def embedding(
         raise ValueError(f"basis must be 'umap' or 'tsne', not {basis!r}")
     if use_rep not in adata.obsm:
         raise KeyError(f"adata.obsm has no {use_rep!r}; add model.get_latent_representation()")
-    if color is not None and color not in adata.obs and color not in adata.var_names:
-        raise KeyError(f"{color!r} is neither an obs column nor a gene")
+    colors = [color] if color is None or isinstance(color, str) else list(color)
+    for c in colors:
+        if c is not None and c not in adata.obs and c not in adata.var_names:
+            raise KeyError(f"{c!r} is neither an obs column nor a gene")
     light = AnnData(
         X=sp.csr_matrix((adata.n_obs, 0), dtype=np.float32),
         obs=adata.obs.copy(),
         obsm={use_rep: np.asarray(adata.obsm[use_rep], dtype=np.float32)},
     )
-    if color is not None and color not in adata.obs:
-        light.obs[color] = _dense_column(adata, color)
+    for c in colors:
+        if c is not None and c not in adata.obs:
+            light.obs[c] = _dense_column(adata, c)
     if basis == "umap":
         k = max(2, min(n_neighbors, adata.n_obs - 1))
         sc.pp.neighbors(light, n_neighbors=k, use_rep=use_rep, random_state=seed)
@@ -203,10 +207,10 @@ def embedding(
         sc.tl.tsne(
             light, use_rep=use_rep, perplexity=perplexity, learning_rate=rate, random_state=seed
         )
-    fig = Figure(figsize=figsize, layout="constrained")
-    ax = fig.subplots()
-    sc.pl.embedding(light, basis=basis, color=color, ax=ax, show=False, frameon=False)
-    ax.set_title(f"ZIPO latents ({basis.upper()})" + (f": {color}" if color else ""))
+    fig = Figure(figsize=(figsize[0] * len(colors), figsize[1]), layout="constrained")
+    for ax, c in zip(np.atleast_1d(fig.subplots(1, len(colors))), colors):
+        sc.pl.embedding(light, basis=basis, color=c, ax=ax, show=False, frameon=False)
+        ax.set_title(f"ZIPO latents ({basis.upper()})" + (f": {c}" if c else ""))
     return fig
 
 
@@ -360,6 +364,7 @@ def report(
     layer: str | None = None,
     model: Any = None,
     dpi: int = 120,
+    label: str | None = None,
 ) -> list[Path]:
     """Write the four plots as PNG files (the ``--report`` folder of ``zipo denoise``).
 
@@ -370,8 +375,8 @@ def report(
     directory
         Folder to write into (created if missing).
     color
-        ``obs`` column for the embedding; default: the first categorical column with 2 to 50
-        categories, if any.
+        ``obs`` column for the embedding (the batch, with several samples); default: the first
+        categorical column with 2 to 50 categories, if any.
     genes
         Genes for :func:`denoised_vs_raw`.
     basis
@@ -382,6 +387,8 @@ def report(
         The trained model, for the history when ``adata.uns["zipo"]`` lacks it.
     dpi
         Resolution of the PNG files.
+    label
+        A second ``obs`` column (e.g. cell types) for a panel beside ``color``'s.
 
     Returns
     -------
@@ -394,11 +401,12 @@ def report(
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    if color is None:
+    if color is None and label is None:
         color = _default_color(adata)
+    colors = [c for c in dict.fromkeys((color, label)) if c is not None] or None
     figures = {
         "history": history(model if model is not None else adata),
-        f"latent_{basis}": embedding(adata, color=color, basis=basis),
+        f"latent_{basis}": embedding(adata, color=colors, basis=basis),
         "denoised_vs_raw": denoised_vs_raw(adata, genes=genes, layer=layer),
     }
     if "zipo_zero_prob" in adata.layers:

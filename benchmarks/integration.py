@@ -1,0 +1,527 @@
+"""Several samples: batch mixing, bio conservation and ``transform_batch``, ZIPO vs peers.
+
+Data sets with a known technical difference between two samples:
+
+- ``sim``: the package's simulator with two batches (``simulate_counts(n_batches=2)``, gene
+  factors of log-scale s.d. 0.5; the truth is ``varm["batch_factors"]``);
+- ``hgmm1k`` (species labels) and ``pbmc3k`` (Leiden clusters of a standard scanpy pipeline as
+  labels): cells split at random into samples A and B, every gene of B thinned binomially by its
+  own factor drawn uniformly from [0.2, 1] (a technical distortion with no biology in it).
+
+Every method sees the training part of a molecular cross-validation split (90% of each cell's
+molecules) and the sample column. Scores: scib-metrics' batch mixing (iLISI, kBET acceptance,
+graph connectivity, silhouette batch) and bio conservation (k-means ARI/NMI, cLISI, isolated
+labels) on each latent space, the share of a cell's 15 nearest neighbours from its own sample
+(0.5 = mixed), the Poisson loss of the denoised counts on the held-out molecules (MCV), and
+``r_ratio``: the Pearson correlation over genes between ``log(B/A)`` of the mean denoised
+expression of B and A cells after ``transform_batch="A"`` and the true log factor (0: the
+distortion is removed; ``r_ratio_before``: the same without ``transform_batch``).
+
+Methods: ZIPO without batch handling, ZIPO with ``batch_key`` (default preset: the batch to the
+encoder and an MMD penalty between the samples' latents), ZIPO with ``batch_key`` and the
+paper's decoder-only batch, the same with the batch to the encoder and scvi's adversarial batch
+classifier instead of MMD, scVI (Poisson likelihood) with ``batch_key``, PCA of log-normalised
+counts (unintegrated) and Harmony on that PCA.
+
+Run (2 CPU cores: ~40 min for one seed of all data sets)::
+
+    nice -n 10 python -m benchmarks.integration --seeds 0
+
+It writes ``benchmarks/results/integration/results.csv``, ``table.md``, ``umap_<data>.png``
+and the results block of ``docs/samples.md``. Runs already in ``runs.jsonl`` are not repeated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from benchmarks._harness import (
+    REPO,
+    _counts_only,
+    _dense,
+    _log_norm,
+    code_state,
+    machine_info,
+    mcv_split,
+    score_mcv,
+    update_readme_section,
+)
+
+OUT = REPO / "benchmarks" / "results" / "integration"
+SAMPLE = "sample"
+N_GENES = 1000
+N_CELLS = 1000
+#: Thinning factors of sample B's genes: uniform on this interval.
+THINNING = (0.2, 1.0)
+PEER_MAX_EPOCHS = 400
+#: Log-scale s.d. of the simulated batches' gene factors.
+SIM_BATCH_SCALE = 0.25
+
+#: ZIPO variants: label -> (batch_key used, module arguments over the default preset).
+_OFF = {"encode_covariates": False, "batch_mmd": 0.0, "batch_adversary": 0.0}
+ZIPO_VARIANTS: dict[str, tuple[bool, dict[str, Any]]] = {
+    "ZIPO (no batch)": (False, {}),
+    "ZIPO (batch, decoder only)": (True, _OFF),
+    "ZIPO (batch, + encoder)": (True, {**_OFF, "encode_covariates": True}),
+    "ZIPO (batch, + encoder + adversary 30)": (
+        True,
+        {**_OFF, "encode_covariates": True, "batch_adversary": 30.0},
+    ),
+    "ZIPO (batch)": (True, {}),  # the default preset: encoder + MMD
+}
+PEERS = ("scVI (Poisson, batch)", "PCA (unintegrated)", "Harmony")
+#: ZIPO variants run by default beside MAIN (what each piece of the batch handling adds).
+STUDY = ("ZIPO (batch, decoder only)", "ZIPO (batch, + encoder + adversary 30)")
+#: Shown in the README table and the figure.
+MAIN = (
+    "ZIPO (no batch)",
+    "ZIPO (batch)",
+    "scVI (Poisson, batch)",
+    "PCA (unintegrated)",
+    "Harmony",
+)
+
+
+# ----------------------------------------------------------------------------- data
+def _top_genes(adata: AnnData, n: int) -> AnnData:
+    """The ``n`` most variable genes (scanpy's default dispersion ranking on log counts)."""
+    import scanpy as sc
+
+    tmp = AnnData(_log_norm(_dense(adata.X)).astype(np.float32))
+    sc.pp.highly_variable_genes(tmp, n_top_genes=min(n, adata.n_vars))
+    return adata[:, tmp.var["highly_variable"].to_numpy()].copy()
+
+
+def _split_and_thin(adata: AnnData, label: str, seed: int) -> AnnData:
+    """Random samples A and B; every gene of B thinned by its own factor (the truth)."""
+    rng = np.random.default_rng(10_000 + seed)
+    x = _dense(adata.X)
+    in_b = rng.random(adata.n_obs) < 0.5
+    factor = rng.uniform(*THINNING, size=adata.n_vars)
+    x[in_b] = rng.binomial(x[in_b].astype(np.int64), factor).astype(np.float64)
+    keep_cells = x.sum(axis=1) > 0
+    obs = pd.DataFrame(
+        {
+            SAMPLE: pd.Categorical(np.where(in_b, "B", "A"), categories=["A", "B"]),
+            "label": pd.Categorical(adata.obs[label].astype(str)),
+        },
+        index=adata.obs_names,
+    )
+    out = AnnData(sp.csr_matrix(x.astype(np.float32)), obs=obs, var=adata.var.iloc[:, :0])
+    out = out[keep_cells].copy()
+    out.var["log_truth"] = np.log(factor)
+    return out
+
+
+def load(name: str, seed: int) -> AnnData:
+    """A data set with ``obs["sample"]`` (A, B), ``obs["label"]`` and ``var["log_truth"]``."""
+    rng = np.random.default_rng(seed)
+    if name == "sim":
+        from zipo_scvi.data import simulate_counts
+
+        adata = simulate_counts(
+            n_cells=N_CELLS,
+            n_genes=1000,
+            n_groups=5,
+            n_batches=2,
+            batch_scale=SIM_BATCH_SCALE,
+            seed=seed,
+        )
+        obs = pd.DataFrame(
+            {
+                SAMPLE: pd.Categorical(
+                    adata.obs["batch"].map({"batch0": "A", "batch1": "B"}), categories=["A", "B"]
+                ),
+                "label": adata.obs["group"].astype(str).astype("category"),
+            },
+            index=adata.obs_names,
+        )
+        factors = adata.varm["batch_factors"]
+        out = AnnData(adata.X.astype(np.float32), obs=obs, var=adata.var.iloc[:, :0])
+        out.var["log_truth"] = np.log(factors[:, 1] / factors[:, 0])
+        return out
+    if name == "hgmm1k":
+        from zipo_scvi.data._real import load_hgmm1k
+
+        adata = load_hgmm1k(min_cells=3)
+        return _split_and_thin(_top_genes(adata, N_GENES), "species", seed)
+    if name == "pbmc3k":
+        import scanpy as sc
+
+        from zipo_scvi.data._real import load_pbmc3k
+
+        adata = load_pbmc3k(min_cells=3)
+        # labels: the standard scanpy pipeline's Leiden clusters on all 2,700 cells
+        tmp = adata.copy()
+        sc.pp.normalize_total(tmp, target_sum=1e4)
+        sc.pp.log1p(tmp)
+        sc.pp.highly_variable_genes(tmp, n_top_genes=N_GENES)
+        tmp = tmp[:, tmp.var["highly_variable"]].copy()
+        sc.pp.scale(tmp, max_value=10)
+        sc.pp.pca(tmp, n_comps=50, random_state=0)
+        sc.pp.neighbors(tmp, n_neighbors=15, random_state=0)
+        sc.tl.leiden(tmp, resolution=0.5, random_state=0, flavor="igraph", n_iterations=2)
+        adata.obs["leiden"] = tmp.obs["leiden"].to_numpy()
+        cells = np.sort(rng.choice(adata.n_obs, size=min(N_CELLS, adata.n_obs), replace=False))
+        return _split_and_thin(_top_genes(adata[cells].copy(), N_GENES), "leiden", seed)
+    raise ValueError(f"Unknown data set {name!r}; choose sim, hgmm1k or pbmc3k.")
+
+
+# ----------------------------------------------------------------------------- methods
+def _ratio_r(expr: np.ndarray, samples: np.ndarray, log_truth: np.ndarray, ok: np.ndarray):
+    """Pearson r over genes between ``log(mean_B / mean_A)`` of ``expr`` and the truth."""
+    a = expr[samples == "A"].mean(axis=0)
+    b = expr[samples == "B"].mean(axis=0)
+    ok = ok & (a > 0) & (b > 0)
+    return float(np.corrcoef(np.log(b[ok] / a[ok]), log_truth[ok])[0, 1])
+
+
+def _pca(train: AnnData, seed: int, n_comps: int = 30) -> np.ndarray:
+    from sklearn.decomposition import PCA
+
+    x = _log_norm(_dense(train.X))
+    x = (x - x.mean(axis=0)) / np.maximum(x.std(axis=0), 1e-8)
+    return PCA(n_components=n_comps, random_state=seed).fit_transform(x)
+
+
+def run_method(method: str, train: AnnData, seed: int) -> dict[str, Any]:
+    """Train one method; return its latents, denoised counts and transform_batch outputs."""
+    start = time.perf_counter()
+    out: dict[str, Any] = {"denoised": None, "projected": None, "plain": None}
+    if method in ZIPO_VARIANTS:
+        from zipo_scvi import ZIPO
+
+        use_batch, kwargs = ZIPO_VARIANTS[method]
+        adata = _counts_only(train, SAMPLE if use_batch else None)
+        ZIPO.setup_anndata(adata, batch_key=SAMPLE if use_batch else None)
+        model = ZIPO(adata, seed=seed, **kwargs)
+        model.train(seed=seed, enable_progress_bar=False)
+        out["latent"] = model.get_latent_representation()
+        out["denoised"] = model.get_normalized_expression(library_size="observed", return_numpy=1)
+        out["plain"] = model.get_normalized_expression(return_numpy=True)
+        if use_batch:
+            out["projected"] = model.get_normalized_expression(
+                transform_batch="A", return_numpy=True
+            )
+        out["epochs"] = len(model.history["train_loss"])
+    elif method == "scVI (Poisson, batch)":
+        import scvi
+
+        adata = _counts_only(train, SAMPLE)
+        scvi.settings.seed = seed
+        scvi.model.SCVI.setup_anndata(adata, batch_key=SAMPLE)
+        model = scvi.model.SCVI(adata, gene_likelihood="poisson")
+        model.train(
+            max_epochs=PEER_MAX_EPOCHS,
+            early_stopping=True,
+            check_val_every_n_epoch=1,
+            enable_progress_bar=False,
+        )
+        out["latent"] = model.get_latent_representation()
+        out["denoised"] = model.get_normalized_expression(library_size="latent", return_numpy=1)
+        out["plain"] = model.get_normalized_expression(return_numpy=True)
+        out["projected"] = model.get_normalized_expression(transform_batch="A", return_numpy=True)
+        out["epochs"] = len(model.history["elbo_train"])
+    elif method == "PCA (unintegrated)":
+        out["latent"] = _pca(train, seed)
+    elif method == "Harmony":
+        import harmonypy
+
+        pcs = _pca(train, seed)
+        ho = harmonypy.run_harmony(pcs, train.obs[[SAMPLE]], SAMPLE, random_state=seed, verbose=0)
+        out["latent"] = np.asarray(ho.Z_corr).T
+    else:
+        raise ValueError(f"Unknown method {method!r}")
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+# ----------------------------------------------------------------------------- scores
+def same_sample_share(latent: np.ndarray, samples: np.ndarray, k: int = 15) -> float:
+    """Mean share of each cell's ``k`` nearest neighbours (not itself) from its own sample.
+
+    Examples
+    --------
+    >>> z = np.r_[np.zeros((20, 2)), np.ones((20, 2))] + np.random.default_rng(0).random((40, 2))
+    >>> same_sample_share(z, np.repeat(["A", "B"], 20), k=5)
+    1.0
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    idx = NearestNeighbors(n_neighbors=k + 1).fit(latent).kneighbors(latent)[1][:, 1:]
+    return float((samples[idx] == samples[:, None]).mean())
+
+
+def scib_scores(latent: np.ndarray, samples: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """scib-metrics' batch and bio scores on exact 90-nearest-neighbour graphs."""
+    import scib_metrics
+    from scib_metrics.nearest_neighbors import NeighborsResults
+    from sklearn.neighbors import NearestNeighbors
+
+    latent = np.asarray(latent, dtype=np.float32)
+    dist, idx = NearestNeighbors(n_neighbors=90).fit(latent).kneighbors(latent)
+    nn90 = NeighborsResults(indices=idx, distances=dist)
+    clusters = scib_metrics.nmi_ari_cluster_labels_kmeans(latent, labels)
+    return {
+        "ilisi": float(scib_metrics.ilisi_knn(nn90, samples)),
+        "kbet": float(scib_metrics.kbet(nn90.subset_neighbors(50), samples)[0]),
+        "graph_conn": float(scib_metrics.graph_connectivity(nn90.subset_neighbors(15), labels)),
+        "sil_batch": float(scib_metrics.silhouette_batch(latent, labels, samples)),
+        "ari": float(clusters["ari"]),
+        "nmi": float(clusters["nmi"]),
+        "clisi": float(scib_metrics.clisi_knn(nn90, labels)),
+        "iso_labels": float(scib_metrics.isolated_labels(latent, labels, samples)),
+    }
+
+
+def score(res: dict[str, Any], train: AnnData, test: np.ndarray) -> dict[str, float]:
+    """All scores of one method's outputs."""
+    samples = train.obs[SAMPLE].astype(str).to_numpy()
+    labels = train.obs["label"].astype(str).to_numpy()
+    row = {"same_sample": same_sample_share(res["latent"], samples)}
+    row |= scib_scores(res["latent"], samples, labels)
+    if res["denoised"] is not None:
+        row["mcv_poisson"] = score_mcv(res["denoised"], test, train)["poisson"]
+    # genes with at least 20 training molecules in each sample (the ratio is noise below)
+    x = train.X
+    ok = np.ones(train.n_vars, dtype=bool)
+    for s in ("A", "B"):
+        ok &= np.asarray(x[samples == s].sum(axis=0)).ravel() >= 20
+    truth = train.var["log_truth"].to_numpy()
+    if res["plain"] is not None:
+        row["r_ratio_before"] = _ratio_r(res["plain"], samples, truth, ok)
+    if res["projected"] is not None:
+        row["r_ratio"] = _ratio_r(res["projected"], samples, truth, ok)
+    row["seconds"] = res["seconds"]
+    if "epochs" in res:
+        row["epochs"] = res["epochs"]
+    return row
+
+
+# ----------------------------------------------------------------------------- report
+COLUMNS = {
+    "same_sample": "same-sample share",
+    "ilisi": "iLISI",
+    "kbet": "kBET",
+    "graph_conn": "graph conn.",
+    "sil_batch": "sil. batch",
+    "ari": "ARI",
+    "nmi": "NMI",
+    "clisi": "cLISI",
+    "iso_labels": "isolated labels",
+    "mcv_poisson": "MCV Poisson",
+    "r_ratio": "r(B/A, truth) transform_batch",
+    "r_ratio_before": "r before",
+}
+
+
+def summarise(rows: pd.DataFrame, methods=None) -> pd.DataFrame:
+    """Mean (and s.d. over seeds) of every score per data set and method."""
+    if methods is not None:
+        rows = rows[rows["method"].isin(methods)]
+    keys = [c for c in COLUMNS if c in rows]
+    grouped = rows.groupby(["dataset", "method"], sort=False)[keys]
+    mean, sd = grouped.mean(), grouped.std()
+    n = grouped.size()
+
+    def cell(m, s, key):
+        if pd.isna(m):
+            return ""
+        digits = 4 if key == "mcv_poisson" else 3
+        return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if pd.notna(s) and s > 0 else "")
+
+    table = pd.DataFrame(
+        {COLUMNS[k]: [cell(mean.at[i, k], sd.at[i, k], k) for i in mean.index] for k in keys},
+        index=mean.index,
+    )
+    table.insert(0, "seeds", n.to_numpy())
+    return table
+
+
+def goals(rows: pd.DataFrame) -> list[str]:
+    """One line per data set: the issue's goals for ``ZIPO (batch)`` and whether they hold."""
+    mean = rows.groupby(["dataset", "method"], sort=False).mean(numeric_only=True)
+    lines = []
+    for data in dict.fromkeys(rows["dataset"]):
+        try:
+            z, s, nb = (mean.loc[(data, m)] for m in ("ZIPO (batch)", "scVI (Poisson, batch)"))
+        except KeyError:
+            continue
+        nb = (
+            mean.loc[(data, "ZIPO (no batch)")]
+            if (data, "ZIPO (no batch)") in mean.index
+            else None
+        )
+        checks = [
+            (
+                "same-sample share within 0.03 of scVI's",
+                z["same_sample"] <= s["same_sample"] + 0.03,
+                f"{z['same_sample']:.3f} vs {s['same_sample']:.3f}",
+            ),
+            ("iLISI >= scVI's", z["ilisi"] >= s["ilisi"], f"{z['ilisi']:.3f} vs {s['ilisi']:.3f}"),
+            (
+                "ARI >= scVI's - 0.02",
+                z["ari"] >= s["ari"] - 0.02,
+                f"{z['ari']:.3f} vs {s['ari']:.3f}",
+            ),
+            (
+                "NMI >= scVI's - 0.02",
+                z["nmi"] >= s["nmi"] - 0.02,
+                f"{z['nmi']:.3f} vs {s['nmi']:.3f}",
+            ),
+            ("|r| after transform_batch < 0.1", abs(z["r_ratio"]) < 0.1, f"{z['r_ratio']:+.3f}"),
+        ]
+        if nb is not None:
+            change = z["mcv_poisson"] / nb["mcv_poisson"] - 1
+            checks.append(("MCV Poisson <= +0.5% vs no batch", change <= 0.005, f"{change:+.2%}"))
+        text = "; ".join(f"{name}: {'met' if ok else 'MISSED'} ({v})" for name, ok, v in checks)
+        lines.append(f"- **{data}**: {text}")
+    return lines
+
+
+def umap_figure(latents: dict[str, np.ndarray], obs: pd.DataFrame, title: str, path: Path):
+    """UMAPs of each method's latents, coloured by sample (top) and by label (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    fig, axes = plt.subplots(2, len(latents), figsize=(3.2 * len(latents), 6.2), squeeze=False)
+    for j, (method, latent) in enumerate(latents.items()):
+        tmp = AnnData(np.zeros((len(obs), 1), dtype=np.float32), obs=obs.copy())
+        tmp.obsm["latent"] = np.asarray(latent, dtype=np.float32)
+        sc.pp.neighbors(tmp, use_rep="latent", n_neighbors=15, random_state=0)
+        sc.tl.umap(tmp, random_state=0)
+        for i, color in enumerate((SAMPLE, "label")):
+            ax = axes[i, j]
+            sc.pl.umap(
+                tmp,
+                color=color,
+                ax=ax,
+                show=False,
+                frameon=False,
+                size=8,
+                legend_loc="right margin" if j == len(latents) - 1 else None,
+            )
+            ax.set_title(f"{method}\n{color}" if i == 0 else color, fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def docs_body(rows: pd.DataFrame, command: str) -> str:
+    """The block of ``docs/samples.md``: table, goal lines, UMAPs, command and machine."""
+    table = summarise(rows, MAIN)
+    figs = sorted(OUT.glob("umap_*.png"))
+    seeds = sorted(set(rows["seed"]))
+    lines = [
+        f"Seeds: {', '.join(map(str, seeds))}; mean ± s.d. over seeds where more than one. "
+        "Higher is better except the same-sample share (0.5 = mixed), MCV Poisson and |r|. "
+        f"All rows, with the variants of ZIPO's batch handling: "
+        "`benchmarks/results/integration/table.md`.",
+        "",
+        table.reset_index().to_markdown(index=False),
+        "",
+        "Goals of `ZIPO (batch)` against scVI and against ZIPO without batch handling:",
+        "",
+        *goals(rows),
+        "",
+        *[f"![{f.stem}](../benchmarks/results/integration/{f.name})" for f in figs],
+        "",
+        f"Command: `{command}`; {time.strftime('%Y-%m-%d')}, code {code_state()}, "
+        f"{machine_info()['cpu']} ({machine_info()['cores']} cores, shared).",
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["sim", "hgmm1k", "pbmc3k"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--methods", nargs="+", default=[*MAIN[:1], *STUDY, *MAIN[1:]])
+    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--no-docs", action="store_true", help="leave docs/samples.md alone")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("lightning.pytorch", "scvi", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = out / "runs.jsonl"  # one line per (data set, seed, method): reruns resume
+    done = {}
+    if runs.exists():
+        for line in runs.read_text().splitlines():
+            row = json.loads(line)
+            done[(row["dataset"], row["seed"], row["method"])] = row
+    for data in args.datasets:
+        for seed in args.seeds:
+            full = load(data, seed)
+            train, test = mcv_split(full, 0.9, seed)
+            train.var["log_truth"] = full.var["log_truth"].to_numpy()[
+                np.isin(full.var_names, train.var_names)
+            ]
+            latents = {}
+            for method in args.methods:
+                key = (data, seed, method)
+                cached = out / "cache" / f"{data}_{seed}_{method}.npy".replace(" ", "_")
+                if key in done and (seed != args.seeds[0] or cached.exists()):
+                    if cached.exists():
+                        latents[method] = np.load(cached)
+                    continue
+                res = run_method(method, train, seed)
+                row = {"dataset": data, "seed": seed, "method": method, **score(res, train, test)}
+                done[key] = row
+                with runs.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+                if seed == args.seeds[0]:
+                    cached.parent.mkdir(exist_ok=True)
+                    np.save(cached, res["latent"].astype(np.float32))
+                    latents[method] = res["latent"]
+            shown = {m: latents[m] for m in MAIN if m in latents}
+            if seed == args.seeds[0] and shown:
+                umap_figure(shown, train.obs, f"{data} (seed {seed})", out / f"umap_{data}.png")
+    rows = pd.DataFrame(list(done.values()))
+    rows.to_csv(out / "results.csv", index=False)
+    table = summarise(rows)
+    info = machine_info()
+    command = "nice -n 10 python -m benchmarks.integration " + " ".join(argv or [])
+    text = [
+        "# Several samples: integration benchmark",
+        "",
+        table.reset_index().to_markdown(index=False),
+        "",
+        *goals(rows),
+        "",
+        f"Machine: {json.dumps(info)}; {time.strftime('%Y-%m-%d')}; code {code_state()}",
+    ]
+    (out / "table.md").write_text("\n".join(text) + "\n")
+    print("\n".join(text))
+    if not args.no_docs and Path(args.out).resolve() == OUT.resolve():
+        update_readme_section(
+            REPO / "docs" / "samples.md", "integration", docs_body(rows, command)
+        )
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
