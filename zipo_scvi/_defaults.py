@@ -49,6 +49,7 @@ PAPER_TRAIN: MappingProxyType = MappingProxyType(
         "lr_threshold": 0.001,
         "lr_factor": 0.1,
         "early_stopping_patience": 30,
+        "restore_best": False,  # the paper keeps the last epoch's weights
         "weight_decay": 0.0,
         "train_size": 0.9,
         "validation": "cells",
@@ -91,6 +92,10 @@ DEFAULT_TRAIN_CHANGES: MappingProxyType = MappingProxyType(
         "validation": "molecules",
         "lr": 0.001,
         "lr_floor": 0.001,
+        # early stopping waits `early_stopping_patience` epochs past the best held-out loss; on
+        # data that overfit within a few epochs (few genes, many cells) those epochs cost
+        # held-out likelihood, so the weights of the best epoch are restored at the end
+        "restore_best": True,
     }
 )
 

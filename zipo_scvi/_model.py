@@ -28,7 +28,13 @@ from ._defaults import preset as get_preset
 from ._module import ZiPoModule, denoised_expression
 from ._scale import check_saved_genes
 from ._sparsity import SparsityMixin
-from ._training import EpochProgressBar, TrainingReport, ZiPoTrainingPlan, loss_in_words
+from ._training import (
+    EpochProgressBar,
+    RestoreBest,
+    TrainingReport,
+    ZiPoTrainingPlan,
+    loss_in_words,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -305,6 +311,7 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
         early_stopping: bool = True,
         train_size: float | None = None,
         seed: int | None = None,
+        restore_best: bool | None = None,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         plan_kwargs: dict[str, Any] | None = None,
@@ -331,6 +338,10 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
             disables validation; scheduling and early stopping then watch the training loss.
         seed
             Seeds the split, the minibatch order and dropout.
+        restore_best
+            With early stopping on validation data, end training with the weights of the epoch
+            whose validation loss was best, not the last epoch's (default preset: ``True``;
+            paper: ``False``).
         accelerator, devices
             Lightning device settings (``strategy="ddp"`` etc. go in ``trainer_kwargs``).
         plan_kwargs
@@ -366,6 +377,10 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
         #: None without validation cells); read by zipo_scvi.pl.history.
         self.validation_mode = plan["validation"] if has_validation else None
         max_epochs = max_epochs or defaults["max_epochs"]
+        restore_best = defaults["restore_best"] if restore_best is None else restore_best
+        if restore_best and early_stopping and has_validation:
+            callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
+            trainer_kwargs["callbacks"] = [*callbacks, RestoreBest(monitor)]
         _add_training_messages(
             trainer_kwargs, plan, monitor, early_stopping, has_validation, max_epochs
         )

@@ -273,6 +273,40 @@ class EpochProgressBar(ProgressBar):
         LightningProgressBar.on_train_epoch_start(self, trainer, pl_module)
 
 
+class RestoreBest(Callback):
+    """Restore the module's weights of the epoch with the best monitored loss when training ends.
+
+    Early stopping ends training ``patience`` epochs after the best epoch; without this callback
+    the model keeps the last epoch's weights. The best weights are kept in memory (a copy of
+    the module's state on its device).
+
+    Parameters
+    ----------
+    monitor
+        The logged loss to minimise (``"validation_loss"``).
+    """
+
+    def __init__(self, monitor: str):
+        super().__init__()
+        self.monitor = monitor
+        self.best = float("inf")
+        self.best_epoch: int | None = None
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None and float(value) < self.best:
+            self.best, self.best_epoch = float(value), trainer.current_epoch + 1
+            state = pl_module.module.state_dict()
+            self._state = {k: v.detach().clone() for k, v in state.items()}
+
+    def on_train_end(self, trainer, pl_module):
+        if self._state is not None:
+            pl_module.module.load_state_dict(self._state)
+
+
 class TrainingReport(Callback):
     """Say at the end of training, in words, how it ended (instead of "Best score: 330.788").
 
@@ -324,7 +358,10 @@ class TrainingReport(Callback):
         if frame is not None and len(frame):
             values = frame.iloc[:, 0].astype(float).to_numpy()
             i = int(values.argmin())
-            kept = f"; the model keeps epoch {epochs}'s weights" if i + 1 != epochs else ""
+            restored = any(isinstance(c, RestoreBest) for c in trainer.callbacks)
+            kept = ""
+            if i + 1 != epochs:
+                kept = f"; the model keeps epoch {i + 1 if restored else epochs}'s weights"
             best = f" Best {name}: {values[i]:.6g} at epoch {i + 1}{kept}. The {name} is the "
             best += f"{meaning}."
         self.summary = f"ZIPO trained {epochs} epochs in {elapsed} {how}.{best}"
