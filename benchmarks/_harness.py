@@ -1,7 +1,7 @@
 """Benchmark harness: MCV split and scores, truth scores, latent ARI, and one runner per method.
 
-The protocol is ``../shared/BENCHMARKS.md`` (molecular cross-validation after Batson et al. 2019,
-as in the openproblems denoising task). Every runner has the signature
+The protocol is molecular cross-validation (Batson et al. 2019, as in the openproblems
+denoising task), scored by :mod:`zipo_scvi._metrics`. Every runner has the signature
 ``run_<method>(train_adata, seed, **kw) -> dict(denoised, latent, seconds, peak_rss_mb, info)``
 where ``denoised`` is cells x genes on the count scale of ``train_adata.X``. :func:`run_method`
 runs one of them in its own subprocess (``python -m benchmarks._harness``) so that peak memory
@@ -27,6 +27,14 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
+
+from zipo_scvi._metrics import (
+    log_normalise,
+    log_normalised_mse,
+    mcv_poisson,
+    thin_counts,
+    truth_scores,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DCA_VENV = Path(os.environ.get("ZIPO_DCA_VENV", "/work/dca_venv"))
@@ -60,8 +68,8 @@ def _dense(x) -> np.ndarray:
 def mcv_split(adata: AnnData, fraction: float = 0.9, seed: int = 0) -> tuple[AnnData, np.ndarray]:
     """Split every molecule between a training and a test matrix (binomial thinning).
 
-    Counts are rounded, ``X ~ Binomial(n, fraction)`` and ``Y = n - X``; genes with no training
-    counts are dropped from both (BENCHMARKS.md, step 1).
+    :func:`zipo_scvi._metrics.thin_counts` splits the rounded counts, ``X ~ Binomial(n,
+    fraction)`` and ``Y = n - X``; genes with no training counts are dropped from both.
 
     Parameters
     ----------
@@ -85,36 +93,24 @@ def mcv_split(adata: AnnData, fraction: float = 0.9, seed: int = 0) -> tuple[Ann
     >>> train.shape == test.shape
     True
     """
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must lie in (0, 1), not {fraction}.")
-    counts = np.round(_dense(adata.X))
-    if (counts < 0).any():
-        raise ValueError("mcv_split needs non-negative counts.")
-    rng = np.random.default_rng(seed)
-    x = rng.binomial(counts.astype(np.int64), fraction).astype(np.float32)
-    y = (counts - x).astype(np.float32)
-    keep = x.sum(axis=0) > 0
+    kept, held_out = thin_counts(adata.X, fraction, seed)
+    keep = np.asarray(kept.sum(axis=0)).ravel() > 0
     train = AnnData(
-        sp.csr_matrix(x[:, keep]), obs=adata.obs.copy(), var=adata.var.iloc[keep].copy()
+        sp.csr_matrix(kept[:, keep], dtype=np.float32),
+        obs=adata.obs.copy(),
+        var=adata.var.iloc[keep].copy(),
     )
     if "true_rate" in adata.layers:
         train.layers["true_rate"] = _dense(adata.layers["true_rate"])[:, keep].astype(np.float32)
     train.uns["mcv"] = {"fraction": fraction, "seed": seed, "n_genes_dropped": int((~keep).sum())}
-    return train, y[:, keep]
-
-
-def _log_norm(x: np.ndarray, target: float = 1e4) -> np.ndarray:
-    total = x.sum(axis=1, keepdims=True)
-    scale = np.divide(target, total, out=np.zeros_like(total), where=total > 0)
-    return np.log1p(x * scale)
+    return train, held_out[:, keep].toarray().astype(np.float32)
 
 
 def score_mcv(denoised, test, train) -> dict[str, float]:
-    """Score denoised expression against held-out molecules (BENCHMARKS.md, step 3).
+    """Score denoised expression against held-out molecules (lower is better for both).
 
-    ``poisson``: ``D' = D * sum(Y) / sum(X)``; mean over cells and genes of
-    ``D' - Y log(D' + 1e-6)``. ``mse``: ``D`` and ``Y`` normalised to 1e4 counts per cell,
-    ``log1p``, mean squared difference. Lower is better for both.
+    ``poisson``: :func:`zipo_scvi._metrics.mcv_poisson`; ``mse``:
+    :func:`zipo_scvi._metrics.log_normalised_mse` of ``D`` and ``Y``.
 
     Parameters
     ----------
@@ -136,40 +132,14 @@ def score_mcv(denoised, test, train) -> dict[str, float]:
     True
     """
     x = train.X if isinstance(train, AnnData) else train
-    d, y = _dense(denoised), _dense(test)
-    if d.shape != y.shape:
-        raise ValueError(f"denoised {d.shape} and test {y.shape} differ in shape.")
-    total_x = float(x.sum())
-    if total_x <= 0:
-        raise ValueError("The training counts are all zero.")
-    d_scaled = d * (y.sum() / total_x)
-    poisson = float(np.mean(d_scaled - y * np.log(d_scaled + 1e-6)))
-    mse = float(np.mean((_log_norm(d) - _log_norm(y)) ** 2))
-    return {"poisson": poisson, "mse": mse}
+    return {
+        "poisson": mcv_poisson(denoised, x, test),
+        "mse": log_normalised_mse(denoised, test),
+    }
 
 
-def score_truth(denoised, true_rate) -> dict[str, float]:
-    """Compare denoised expression with the simulation's true rates.
-
-    Both are normalised to 1e4 per cell and ``log1p``-transformed.
-
-    Returns
-    -------
-    ``{"mse_truth": ..., "corr_truth": ...}``: the mean squared difference and the Pearson
-    correlation over all entries (lower and higher are better).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> truth = np.array([[1.0, 3.0], [2.0, 2.0]])
-    >>> score_truth(truth * 5, truth)["mse_truth"] < 1e-12
-    True
-    """
-    a, b = _log_norm(_dense(denoised)), _log_norm(_dense(true_rate))
-    if a.shape != b.shape:
-        raise ValueError(f"denoised {a.shape} and truth {b.shape} differ in shape.")
-    corr = float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
-    return {"mse_truth": float(np.mean((a - b) ** 2)), "corr_truth": corr}
+#: Denoised expression against the simulation's true rates (``mse_truth``, ``corr_truth``).
+score_truth = truth_scores
 
 
 def latent_ari(latent, groups, seed: int = 0, leiden: bool = False) -> dict[str, float]:
@@ -223,26 +193,54 @@ def pca_latent(x: np.ndarray, n_comps: int = 10, seed: int = 0) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- runners
-def _vm_hwm_mb(pid: int | str = "self") -> float | None:
-    """Peak RSS (``VmHWM``) of a live process; reset at ``exec``, unlike ``ru_maxrss``."""
+def proc_status_mb(field: str = "VmHWM", pid: int | str = "self") -> float | None:
+    """A memory field of ``/proc/<pid>/status`` in MB (Linux), or ``None``.
+
+    ``VmHWM`` (peak RSS) rather than ``getrusage().ru_maxrss``: Linux keeps ``ru_maxrss``
+    across ``execve``, so a child would report its parent's peak if that was higher; ``VmHWM``
+    starts afresh at ``exec`` and can be reset (:func:`reset_peak_rss`). ``VmRSS``: the RSS now.
+    """
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024.0
     except (OSError, ValueError):
         return None
     return None
 
 
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process, in MB.
+def reset_peak_rss() -> bool:
+    """Restart this process's peak (``VmHWM``) at its current RSS (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
-    ``VmHWM`` where /proc exists: ``ru_maxrss`` of a child process starts at its parent's RSS
-    at ``fork`` (Linux keeps it across ``exec``), so it would charge each method with the
-    benchmark driver's memory.
-    """
-    hwm = _vm_hwm_mb()
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MB (``VmHWM``; ``ru_maxrss`` without /proc)."""
+    hwm = proc_status_mb()
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+#: Prefix of the line in which a benchmark's child process prints its JSON result.
+RESULT_MARKER = "RESULT_JSON "
+
+
+def print_result(result: dict) -> None:
+    """Print a child process's result for :func:`run_json_child`."""
+    print(RESULT_MARKER + json.dumps(result), flush=True)
+
+
+def run_json_child(cmd: list[str], **kwargs) -> dict:
+    """Run a benchmark's child process and return the result it printed with
+    :func:`print_result`; a failure raises ``RuntimeError`` with the end of its stderr."""
+    done = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            return json.loads(line[len(RESULT_MARKER) :])
+    raise RuntimeError(f"{cmd[1:3]} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
 
 
 def run_watching_rss(cmd: list[str], **kwargs) -> tuple[subprocess.CompletedProcess, float]:
@@ -251,7 +249,7 @@ def run_watching_rss(cmd: list[str], **kwargs) -> tuple[subprocess.CompletedProc
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, **kwargs)
         peak = 0.0
         while proc.poll() is None:
-            peak = max(peak, _vm_hwm_mb(proc.pid) or 0.0)
+            peak = max(peak, proc_status_mb("VmHWM", proc.pid) or 0.0)
             time.sleep(0.2)
         out.seek(0)
         err.seek(0)
@@ -483,7 +481,7 @@ def run_none(train_adata: AnnData, seed: int) -> dict[str, Any]:
     """No denoising: ``D = X``; latent is the PCA of log-normalised counts."""
     start = time.perf_counter()
     x = _dense(train_adata.X)
-    latent = pca_latent(_log_norm(x), seed=seed)
+    latent = pca_latent(log_normalise(x), seed=seed)
     return _result(x, latent, start, label="none (D = X)", latent_kind="PCA of log-normalised X")
 
 

@@ -47,6 +47,7 @@ from benchmarks._harness import (
     update_docs_section,
 )
 from zipo_scvi._defaults import ERROR_BAR_LAMBDA
+from zipo_scvi._metrics import summarize
 
 OUT = REPO / "benchmarks/results/ablations"
 DATA = {**SIM_DEFAULTS, "n_cells": 1000, "n_genes": 400}
@@ -263,10 +264,7 @@ def run(claims: list[Claim], seeds: list[int], log, trust_cache: bool = False) -
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     ok = rows[rows["error"].isna()] if "error" in rows else rows
     metrics = [m for m in METRIC_TITLES if m in ok]
-    grouped = ok.groupby(["claim", "variant"], sort=False)[metrics]
-    out = pd.concat({"mean": grouped.mean(), "err": grouped.sem() * ERROR_BAR_LAMBDA}, axis=1)
-    out[("n", "")] = grouped.size()
-    return out
+    return summarize(ok, ["claim", "variant"], metrics)
 
 
 def _m(summary, claim, variant, metric, kind="mean") -> float:

@@ -5,12 +5,12 @@ Usage (from the repository root)::
     python benchmarks/run_benchmark.py                     # the simulator (default)
     python benchmarks/run_benchmark.py sim pbmc3k data.h5ad --seeds 0 1 2
 
-Each dataset is split by molecular cross-validation (``benchmarks/_harness.py``; protocol in
-BENCHMARKS.md); every method sees the same training molecules, in its own subprocess, once per
-seed (the seed sets both the split and the method). Writes ``table.md``, ``rows.csv`` and one
-figure per dataset under ``--out``, replaces the section between ``<!-- BEGIN:benchmark -->`` and
-``<!-- END:benchmark -->`` of ``docs/benchmarks/denoising.md`` and the at-a-glance table of the
-README (``<!-- BEGIN:benchmark-glance -->``).
+Each dataset is split by molecular cross-validation (``benchmarks/_harness.py``, scores of
+``zipo_scvi/_metrics.py``); every method sees the same training molecules, in its own
+subprocess, once per seed (the seed sets both the split and the method). Writes ``table.md``,
+``rows.csv`` and one figure per dataset under ``--out``, replaces the section between
+``<!-- BEGIN:benchmark -->`` and ``<!-- END:benchmark -->`` of ``docs/benchmarks/denoising.md``
+and the at-a-glance table of the README (``<!-- BEGIN:benchmark-glance -->``).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from benchmarks._harness import (
     update_readme_section,
 )
 from zipo_scvi._defaults import ERROR_BAR_LAMBDA
+from zipo_scvi._metrics import summarize
 
 #: Row label -> (runner, keyword arguments). ``--method LABEL=RUNNER[:JSON]`` adds or replaces,
 #: e.g. ``--method 'ZIPO paper preset=zipo:{"preset": "paper"}'`` (2048-wide, slow on a CPU).
@@ -202,11 +203,7 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     order = {label: i for i, label in enumerate(METHODS)}
     ok = ok.sort_values("method", key=lambda m: m.map(order).fillna(len(order)), kind="stable")
     metrics = [m for m in METRICS if m in ok]
-    grouped = ok.groupby(["dataset", "method"], sort=False)[metrics]
-    mean, sem = grouped.mean(), grouped.sem() * ERROR_BAR_LAMBDA
-    out = pd.concat({"mean": mean, "err": sem}, axis=1)
-    out[("n", "")] = grouped.size()
-    return out
+    return summarize(ok, ["dataset", "method"], metrics)
 
 
 def ranks(summary: pd.DataFrame, dataset: str, method: str = "ZIPO") -> dict[str, str]:

@@ -8,7 +8,7 @@ Usage (from the repository root)::
 What it measures, each configuration in its own process (so that its peak RSS is its own):
 
 1. Growth with cells: N, 2N and 4N simulated cells written to ``.h5ad`` first (in blocks,
-   :func:`zipo_scvi._scale.simulate_to_h5ad`), then ZIPO (default preset) trained for
+   :func:`zipo_scvi.data.simulate_to_h5ad`), then ZIPO (default preset) trained for
    ``--epochs`` epochs on the counts loaded in memory (``anndata.read_h5ad``) and backed
    (:func:`zipo_scvi.read_backed`: rows read from the file per minibatch). Time per epoch is the
    median over the epochs after the first, from the start of an epoch to its end (validation
@@ -40,7 +40,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,35 +50,11 @@ GIB = 1024**3
 
 
 # ----------------------------------------------------------------------------- child process
-def _status(field: str) -> int:
-    """A memory field of ``/proc/self/status`` in bytes (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
+def _rss_bytes(field: str) -> int:
+    """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process, in bytes."""
+    from benchmarks._harness import proc_status_mb
 
-
-def _rss_now() -> int:
-    """Current resident memory of this process in bytes."""
-    return _status("VmRSS")
-
-
-def _rss_peak() -> int:
-    """Peak resident memory of this process since the last :func:`_reset_peak`, in bytes.
-
-    ``VmHWM`` and not ``getrusage().ru_maxrss``: Linux keeps ``ru_maxrss`` across ``execve``,
-    so a child started by ``subprocess`` would report its parent's peak if that was higher.
-    """
-    return _status("VmHWM")
-
-
-def _reset_peak() -> bool:
-    """Restart the peak (``VmHWM``) at the current RSS (Linux >= 4.0); False if refused."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
+    return int((proc_status_mb(field) or 0.0) * 2**20)
 
 
 def _child(spec: dict) -> dict:
@@ -97,13 +72,15 @@ def _child(spec: dict) -> dict:
     from zipo_scvi import ZIPO, read_backed, write_denoised
 
     torch.set_num_threads(spec["threads"])
-    baseline = _rss_now()
+    from benchmarks._harness import reset_peak_rss
+
+    baseline = _rss_bytes("VmRSS")
     phases: dict[str, int] = {}
-    resets = _reset_peak()
+    resets = reset_peak_rss()
 
     def phase(name: str) -> None:
-        phases[name] = _rss_peak()
-        _reset_peak()
+        phases[name] = _rss_bytes("VmHWM")
+        reset_peak_rss()
 
     class EpochTimer(Callback):
         """Wall and CPU seconds of each epoch and of its validation part."""
@@ -190,15 +167,12 @@ def _child(spec: dict) -> dict:
 
 
 def _run_child(spec: dict) -> dict:
-    done = subprocess.run(
+    from benchmarks._harness import run_json_child
+
+    return run_json_child(
         [sys.executable, str(Path(__file__).resolve()), "_child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
         env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(spec["threads"])},
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"child {spec} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -433,7 +407,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from benchmarks._harness import machine_info
-    from zipo_scvi._scale import simulate_to_h5ad
+    from zipo_scvi.data import simulate_to_h5ad
 
     data_dir, out_dir = Path(args.data_dir), Path(args.out)
     if args.report_only:
@@ -527,6 +501,9 @@ def _report(results: dict, out_dir: Path, readme: bool) -> dict:
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "_child":
-        print(json.dumps(_child(json.loads(sys.argv[2]))))
+        sys.path.insert(0, str(ROOT))
+        from benchmarks._harness import print_result
+
+        print_result(_child(json.loads(sys.argv[2])))
     else:
         main()

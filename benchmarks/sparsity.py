@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._harness import machine_info, update_docs_section
 from zipo_scvi._defaults import ERROR_BAR_LAMBDA, PRUNE_DELTA
+from zipo_scvi._metrics import mean_error
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "benchmarks" / "results" / "sparsity"
@@ -211,14 +212,8 @@ def _time_encoder(x, gen, repeats: int) -> list[dict]:
 
 
 # ---------------------------------------------------------------------- summaries
-def _mean_err(values) -> tuple[float, float]:
-    v = np.asarray(values, dtype=float)
-    sem = v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else np.nan
-    return float(v.mean()), float(ERROR_BAR_LAMBDA * sem)
-
-
 def _fmt(values, scale: float = 1.0, digits: int = 1, unit: str = "") -> str:
-    mean, err = _mean_err(np.asarray(values, dtype=float) * scale)
+    mean, err = mean_error(np.asarray(values, dtype=float) * scale)
     if np.isnan(err):
         return f"{mean:.{digits}f}{unit}"
     return f"{mean:.{digits}f} ± {err:.{digits}f}{unit}"

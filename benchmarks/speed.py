@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     python benchmarks/speed.py [--n-cells 4000] [--n-genes 2000] [--epochs 5]
 
-Measured in one run on one machine :
+Measured in one run on one machine:
 
 1. Time per training epoch and cells per second of ZIPO (default and paper presets) and of
    scvi-tools SCVI on the same simulated data, with the same batch size (timed from the start
@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +47,9 @@ from benchmarks._harness import (
     SIM_DEFAULTS,
     _peak_rss_mb,
     machine_info,
+    print_result,
+    proc_status_mb,
+    run_json_child,
     update_docs_section,
 )
 
@@ -293,7 +295,6 @@ def breakdown(adata, compile_loss: bool = False) -> dict:
 def _rss_child(args) -> None:
     """Subprocess: train ZIPO on a sparse AnnData and report peak RSS around training."""
     import anndata
-    import psutil
     import scipy.sparse as sp
 
     _quiet()
@@ -301,7 +302,7 @@ def _rss_child(args) -> None:
     assert sp.issparse(adata.X)
     csr_mb = (adata.X.data.nbytes + adata.X.indices.nbytes + adata.X.indptr.nbytes) / 2**20
     model = build_model("zipo", adata)
-    base = psutil.Process().memory_info().rss / 2**20
+    base = proc_status_mb("VmRSS")
     start = time.perf_counter()
     model.train(
         max_epochs=2,
@@ -320,17 +321,16 @@ def _rss_child(args) -> None:
         "peak_rss_mb": _peak_rss_mb(),
         "seconds_2_epochs": time.perf_counter() - start,
     }
-    print("RSS_JSON " + json.dumps(out))
+    print_result(out)
 
 
 def measure_rss(path: Path, sparse: bool) -> dict:
     cmd = [sys.executable, str(Path(__file__)), "--rss-child", "--rss-input", str(path)]
     cmd += ["--sparse"] if sparse else []
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RSS_JSON "):
-            return json.loads(line[len("RSS_JSON ") :])
-    return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1], "sparse_loader": sparse}
+    try:
+        return run_json_child(cmd, cwd=REPO)
+    except RuntimeError as err:
+        return {"error": str(err).strip().splitlines()[-1], "sparse_loader": sparse}
 
 
 def main(argv=None) -> None:

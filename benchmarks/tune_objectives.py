@@ -4,7 +4,8 @@ Runs two optuna searches with :func:`zipo_scvi.tune` on one simulation with know
 objective (``"validation_nll"``: the paper's; ``"mcv"``: held-out molecules), over the same search
 space and budget. The configuration each search chooses is then retrained on all molecules with
 several seeds (:func:`zipo_scvi.compare_seeds`) and scored against the true rates: MSE of
-log-normalised denoised expression against log-normalised truth, lower is better.
+log-normalised denoised expression against log-normalised truth (``zipo_scvi/_metrics.py``),
+lower is better.
 
 Writes ``benchmarks/results/tune/table.md``, ``trials.csv``, ``seeds.csv``, ``seeds.png`` and
 the section ``tune-benchmark`` of ``docs/benchmarks/tune_objectives.md``. Run (about 15-25
@@ -30,8 +31,9 @@ from scipy.stats import spearmanr
 
 from benchmarks._harness import machine_info, update_docs_section
 from zipo_scvi import ZIPO, best_settings, compare_seeds, tune
-from zipo_scvi._tune import summarize_seeds
+from zipo_scvi._metrics import summarize_seeds
 from zipo_scvi.data import simulate_counts
+from zipo_scvi.pl import seed_comparison
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "benchmarks" / "results" / "tune"
@@ -97,8 +99,8 @@ def _shared_candidates(adata, studies: dict, epochs: int, n_seeds: int) -> pd.Da
              "mcv_mse": twin.user_attrs["mcv_mse"]}
         )  # fmt: skip
         configs[t.number] = {**t.user_attrs["model_kwargs"], "preset": t.user_attrs["preset"]}
-    table, _ = compare_seeds(
-        adata, configs, n_seeds=n_seeds, metrics=("true_mse",), plot=False, max_epochs=epochs
+    table = compare_seeds(
+        adata, configs, n_seeds=n_seeds, metrics=("true_mse",), max_epochs=epochs
     )
     true_mse = table.groupby("config")["value"].mean()
     frame = pd.DataFrame(rows)
@@ -145,9 +147,10 @@ def run(args: argparse.Namespace) -> None:
         f"chosen by {o}": {"preset": c["preset"], **c["model_kwargs"], **c["train_kwargs"]}
         for o, c in chosen.items()
     }
-    table, fig = compare_seeds(
+    table = compare_seeds(
         adata, configs, n_seeds=args.seeds, metrics=("true_mse", "nll", "mse"), **common
     )
+    fig = seed_comparison(table)
     seconds["retraining"] = time.time() - start
     table.to_csv(OUT / "seeds.csv", index=False)
     fig.savefig(OUT / "seeds.png", dpi=120)

@@ -23,7 +23,7 @@ from zipo_scvi._config import (
     merge,
     parameter_types,
     resolve,
-    train_kwargs,
+    zipo_arguments,
 )
 from zipo_scvi._defaults import PAPER_MODULE, PAPER_TRAIN, preset
 from zipo_scvi.cli import build_parser, main, settings_path
@@ -247,9 +247,9 @@ def test_backed_matches_in_memory_and_switches_on_for_big_inputs(
     assert np.corrcoef(log_a.ravel(), log_b.ravel())[0, 1] > 0.99
     assert (tmp_path / "m" / "model.pt").exists()
     # an input too big for memory is read backed without being asked
-    import zipo_scvi._scale
+    import zipo_scvi.data._backed
 
-    monkeypatch.setattr(zipo_scvi._scale, "should_read_backed", lambda *a, **k: True)
+    monkeypatch.setattr(zipo_scvi.data._backed, "should_read_backed", lambda *a, **k: True)
     auto = tmp_path / "auto.h5ad"
     assert main([*cmd[:-1], "-o", str(auto)]) == 0
     assert "reading them backed" in capsys.readouterr().err
@@ -415,8 +415,9 @@ def test_config_round_trip_and_precedence(tmp_path):
     assert settings["train"]["seed"] == 0
     path.write_text(dump_toml(settings, ["a comment"]))
     assert resolve(load_config(path)) == settings
-    kwargs = train_kwargs(settings)
-    assert kwargs["plan_kwargs"]["lr_decay"] == 0.8 and "lr_decay" not in kwargs
+    model_kwargs, train_kwargs = zipo_arguments(settings)
+    assert train_kwargs["lr_decay"] == 0.8 and "lr_decay" not in model_kwargs
+    assert model_kwargs["encoder_sizes"] == tuple(preset("default")[0]["encoder_sizes"])
     paper = resolve(None, {"model": {"preset": "paper"}})
     assert paper["model"]["encoder_sizes"] == [2048, 1024, 512, 256, 128]
     assert paper["train"]["lr"] == PAPER_TRAIN["lr"]

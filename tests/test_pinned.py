@@ -121,3 +121,14 @@ if __name__ == "__main__":  # prints the values to paste into PINNED
     for name in CONFIGS:
         scvi.settings.seed = 0
         print(name, repr(_run(name)))
+
+
+def test_hyperparameters_reach_the_module_and_the_preset_fills_the_rest():
+    adata = simulate_counts(n_cells=40, n_genes=20, seed=0)
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, preset="paper", alpha_w=0.3, likelihood="nb", **ARCH)
+    assert model.module.alpha_w == 0.3 and model.module.likelihood.name == "nb"
+    assert model.module.alpha_z == 0.1  # the paper preset's value
+    assert model.hyperparameters["input_transform"] == "log1p"
+    with pytest.raises(TypeError, match="alpha_q"):
+        ZIPO(adata, alpha_q=1.0)

@@ -15,7 +15,8 @@ import scipy.sparse as sp
 import zipo_scvi
 from zipo_scvi import ZIPO, best_settings, compare_seeds, tune
 from zipo_scvi._defaults import ERROR_BAR_LAMBDA
-from zipo_scvi._tune import _thin, log_normalised_mse, mcv_poisson, summarize_seeds
+from zipo_scvi._metrics import log_normalised_mse, mcv_poisson, summarize_seeds
+from zipo_scvi._tune import _thin
 from zipo_scvi.data import simulate_counts
 
 SPACE = {
@@ -113,7 +114,7 @@ def test_molecule_split_and_scores(small):
     again, _ = _thin(small, 0.9, seed=3)
     assert (again.X != train.X).nnz == 0  # the split is seeded
 
-    # The formula of BENCHMARKS.md, and the truth beats the noisy counts on held-out molecules.
+    # The MCV formula (zipo_scvi._metrics), and the truth beats the noisy counts on held-out molecules.
     x, y = train.X.toarray(), held_out.toarray()
     d = x + 0.5
     scaled = d * y.sum() / x.sum()
@@ -146,7 +147,7 @@ def test_mcv_objective_runs(small):
 
 def test_compare_seeds_table_summary_and_plot(small):
     configs = {"shallow": {"encoder_sizes": (16, 4)}, "deep": {"encoder_sizes": (16, 8, 4)}}
-    table, fig = compare_seeds(small, configs, n_seeds=2, metrics=("nll", "mse", "true_mse"),
+    table = compare_seeds(small, configs, n_seeds=2, metrics=("nll", "mse", "true_mse"),
                                max_epochs=2, library_sizes=(8, 4), verbose=False)  # fmt: skip
     assert list(table.columns) == ["config", "seed", "metric", "value"]
     assert len(table) == 2 * 2 * 3 and np.isfinite(table["value"]).all()
@@ -158,10 +159,10 @@ def test_compare_seeds_table_summary_and_plot(small):
     assert row["mean"] == pytest.approx(values.mean())
     assert row["error"] == pytest.approx(ERROR_BAR_LAMBDA * values.std(ddof=1) / np.sqrt(2))
     assert ERROR_BAR_LAMBDA == pytest.approx(1.645, abs=1e-3)
+    fig = zipo_scvi.pl.seed_comparison(table)
     assert [ax.get_title() for ax in fig.axes] == ["nll", "mse", "true_mse"]
-    same, none = compare_seeds(small, {"a": {"encoder_sizes": (16, 4)}}, n_seeds=1, plot=False,
-                               max_epochs=2, library_sizes=(8, 4), verbose=False)  # fmt: skip
-    assert none is None
+    same = compare_seeds(small, {"a": {"encoder_sizes": (16, 4)}}, n_seeds=1,
+                         max_epochs=2, library_sizes=(8, 4), verbose=False)  # fmt: skip
     first = table[(table["config"] == "shallow") & (table["seed"] == 0)]
     np.testing.assert_allclose(same["value"], first["value"].iloc[:2], rtol=1e-4)  # seeded
 

@@ -9,21 +9,21 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 #: Public name -> the submodule that defines it (``None``: the name is a submodule).
 _LAZY = {
     "ZIPO": "._model",
     "ZiPoModule": "._module",
-    "best_settings": "._tune",
+    "best_settings": "._settings",
     "compare_seeds": "._tune",
     "data": None,
     "pl": None,
     "pp": None,
     "preset": "._defaults",
-    "read_backed": "._scale",
+    "read_backed": ".data",
     "tune": "._tune",
-    "write_denoised": "._scale",
+    "write_denoised": "._model",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -1,10 +1,19 @@
-"""Input checks: counts must be finite, non-negative integers, in a non-empty AnnData."""
+"""Input checks: raw counts (finite, non-negative integers, non-empty), obs keys, saved genes."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
+import torch
 from anndata import AnnData
+
+if TYPE_CHECKING:
+    from .data import BackedCollection
 
 _CHUNK = 10_000
 
@@ -90,3 +99,56 @@ def check_obs_keys(
         values = np.asarray(adata.obs[key], dtype=float)
         if not np.isfinite(values).all():
             raise ValueError(f"Continuous covariate {key!r} holds NaN or infinite values.")
+
+
+def check_saved_genes(
+    dir_path: str | os.PathLike, adata: AnnData | BackedCollection, prefix: str | None = None
+) -> None:
+    """Raise ``ValueError`` if ``adata``'s genes are not the saved model's, in the same order.
+
+    scvi-tools refuses a different number of genes but only warns about different names; a
+    model fine-tuned on other genes would silently read every column as the wrong gene.
+
+    Parameters
+    ----------
+    dir_path
+        Folder written by ``ZIPO.save`` (nothing is checked if it holds no ``model.pt``).
+    adata
+        The data the model is about to be loaded onto.
+    prefix
+        File-name prefix given to ``save``.
+
+    Examples
+    --------
+    >>> model.save("zipo_model/", overwrite=True)
+    >>> check_saved_genes("zipo_model/", adata)  # the same genes: nothing to say
+    >>> check_saved_genes("zipo_model/", adata[:, ::-1])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: The genes of this AnnData do not match the saved model's genes ...
+    """
+    model_file = Path(dir_path) / f"{prefix or ''}model.pt"
+    if not model_file.is_file():
+        return
+    try:
+        saved = torch.load(model_file, map_location="cpu", weights_only=False).get("var_names")
+    except Exception:  # not a model file: ZIPO.load reports that with its own message
+        return
+    if saved is None:
+        return
+    saved = pd.Index(np.asarray(saved).astype(str))
+    given = pd.Index(np.asarray(adata.var_names).astype(str))
+    if saved.equals(given):
+        return
+    if len(saved) == len(given) and set(saved) == set(given):
+        hint = "the same genes in another order; reorder them: adata[:, saved_genes]"
+    else:
+        missing, extra = saved.difference(given), given.difference(saved)
+        hint = (
+            f"{len(missing)} saved genes missing (e.g. {list(missing[:3])}), "
+            f"{len(extra)} genes the model does not know (e.g. {list(extra[:3])})"
+        )
+    raise ValueError(
+        f"The genes of this AnnData do not match the saved model's genes ({len(given)} genes, "
+        f"the model has {len(saved)}): {hint}."
+    )

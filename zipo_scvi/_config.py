@@ -16,8 +16,6 @@ import difflib
 import functools
 import inspect
 import json
-import math
-import re
 import tomllib
 import types
 import typing
@@ -25,8 +23,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import tomli_w
+
 from ._defaults import PAPER_MODULE, PAPER_TRAIN
 from ._defaults import preset as get_preset
+from ._settings import split_settings
 
 GROUPS = ("run", "setup", "model", "train")
 
@@ -38,11 +39,6 @@ RUN_TYPES: dict[str, Any] = {
     "transform_batch": str,  # decode every cell as if from this batch (zipo denoise)
     "label_key": str,  # obs column the report's UMAP is also coloured by
 }
-
-#: Preset training settings that ``ZIPO.train`` takes through ``plan_kwargs``.
-PLAN_KEYS = ("lr_decay", "lr_floor", "lr_patience", "lr_threshold", "lr_factor", "weight_decay")
-#: Preset training settings that ``ZIPO.train`` passes on to scvi's Trainer.
-TRAINER_KEYS = ("early_stopping_patience",)
 
 #: Command-line default seed (a run must be repeatable from its settings file).
 DEFAULT_SEED = 0
@@ -84,8 +80,8 @@ def parameter_types() -> dict[str, dict[str, Any]]:
     for key, default in PAPER_MODULE.items():
         model[key] = module_hints.get(key, type(default))
     train = _hints(ZIPO.train, skip=("self",))
-    for key in (*PLAN_KEYS, *TRAINER_KEYS):
-        train[key] = type(PAPER_TRAIN[key])
+    for key, default in PAPER_TRAIN.items():  # schedule names ZIPO.train takes by keyword
+        train.setdefault(key, type(default))
     setup = _hints(ZIPO.setup_anndata, skip=("cls", "adata"))
     return {"run": dict(RUN_TYPES), "setup": setup, "model": model, "train": train}
 
@@ -237,8 +233,10 @@ def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
 
     Examples
     --------
-    >>> settings = load_config("zipo.toml")  # doctest: +SKIP
-    >>> settings["model"]["encoder_sizes"]  # doctest: +SKIP
+    >>> from zipo_scvi.data import write_text_atomic
+    >>> write_text_atomic(dump_toml({"model": {"encoder_sizes": [16, 4]}}), "zipo.toml")
+    >>> settings = load_config("zipo.toml")
+    >>> settings["model"]["encoder_sizes"]
     [16, 4]
     """
     p = Path(path)
@@ -375,71 +373,34 @@ def setup_kwargs(settings: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return dict(settings.get("setup", {}))
 
 
-def model_kwargs(settings: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Keyword arguments of ``ZIPO(adata, ...)`` (preset, seed, hyperparameters).
+def zipo_arguments(
+    settings: Mapping[str, Mapping[str, Any]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keyword arguments of ``ZIPO(adata, ...)`` and of ``ZIPO.train`` from resolved settings.
+
+    The ``[model]`` and ``[train]`` tables are routed by
+    :func:`~zipo_scvi._settings.split_settings`; the seed goes to both (it seeds the weights
+    and the training).
 
     Examples
     --------
-    >>> model_kwargs({"model": {"preset": "paper", "alpha_z": 0.5}, "train": {"seed": 1}})
-    {'preset': 'paper', 'alpha_z': 0.5, 'seed': 1}
+    >>> settings = {"model": {"preset": "paper", "alpha_z": 0.5}, "train": {"seed": 1}}
+    >>> zipo_arguments(settings)
+    ({'preset': 'paper', 'alpha_z': 0.5, 'seed': 1}, {'seed': 1})
     """
-    kwargs = dict(settings.get("model", {}))
-    kwargs["seed"] = settings.get("train", {}).get("seed")
-    return kwargs
-
-
-def train_kwargs(settings: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Keyword arguments of ``ZIPO.train`` (schedule keys moved into ``plan_kwargs``).
-
-    Examples
-    --------
-    >>> train_kwargs({"train": {"max_epochs": 5, "lr_decay": 0.8}})
-    {'max_epochs': 5, 'plan_kwargs': {'lr_decay': 0.8}}
-    """
-    kwargs = dict(settings.get("train", {}))
-    plan = {k: kwargs.pop(k) for k in PLAN_KEYS if k in kwargs}
-    plan.update(kwargs.pop("plan_kwargs", None) or {})
-    if plan:
-        kwargs["plan_kwargs"] = plan
-    return kwargs
+    flat = {**settings.get("model", {}), **settings.get("train", {})}
+    preset, model, train = split_settings(flat)
+    return {"preset": preset, **model, "seed": train.get("seed")}, train
 
 
 # ---------------------------------------------------------------------- writing
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        items = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
-        return "{" + items + "}"
-    raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML")
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else json.dumps(key)
-
-
 def dump_toml(settings: Mapping[str, Mapping[str, Any]], header: Sequence[str] = ()) -> str:
-    """Write settings as TOML that :func:`load_config` reads back to the same values.
+    """Write settings as TOML (with ``tomli-w``) that :func:`load_config` reads back.
 
     Parameters
     ----------
     settings
-        Settings by group (see :func:`resolve`).
+        Settings by group (see :func:`resolve`); empty groups are left out.
     header
         Comment lines written first.
 
@@ -447,20 +408,25 @@ def dump_toml(settings: Mapping[str, Mapping[str, Any]], header: Sequence[str] =
     -------
     The TOML text.
 
+    Raises
+    ------
+    ConfigError
+        For a value TOML cannot hold (``None``, an object).
+
     Examples
     --------
-    >>> print(dump_toml({"model": {"encoder_sizes": [16, 4]}}))
+    >>> print(dump_toml({"model": {"likelihood": "zip", "alpha_z": 0.5}}, ["a run"]))
+    # a run
+    <BLANKLINE>
     [model]
-    encoder_sizes = [16, 4]
+    likelihood = "zip"
+    alpha_z = 0.5
     <BLANKLINE>
     """
-    lines = [f"# {line}" for line in header]
-    for group in GROUPS:
-        values = settings.get(group) or {}
-        if not values:
-            continue
-        if lines:
-            lines.append("")
-        lines.append(f"[{group}]")
-        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items()]
-    return "\n".join(lines) + "\n"
+    tables = {group: dict(settings[group]) for group in GROUPS if settings.get(group)}
+    try:
+        body = tomli_w.dumps(tables)
+    except TypeError as err:
+        raise ConfigError(f"cannot write these settings to TOML: {err}") from err
+    comments = "".join(f"# {line}\n" for line in header)
+    return comments + ("\n" if comments and body else "") + body

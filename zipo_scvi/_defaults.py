@@ -99,6 +99,20 @@ DEFAULT_TRAIN_CHANGES: MappingProxyType = MappingProxyType(
     }
 )
 
+#: Training settings that ``ZIPO.train`` hands to the training plan
+#: (:class:`~zipo_scvi._training.ZiPoTrainingPlan`); the others go to scvi's ``Trainer`` or to
+#: ``train`` itself.
+TRAIN_PLAN_KEYS: tuple[str, ...] = (
+    "lr",
+    "lr_decay",
+    "lr_floor",
+    "lr_patience",
+    "lr_threshold",
+    "lr_factor",
+    "weight_decay",
+    "validation",
+)
+
 PRESETS: MappingProxyType = MappingProxyType(
     {
         "paper": (PAPER_MODULE, PAPER_TRAIN),

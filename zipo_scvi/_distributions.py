@@ -7,7 +7,7 @@ name from :data:`LIKELIHOODS`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -190,30 +190,67 @@ def log_zinb(
 
 @dataclass(frozen=True)
 class Likelihood:
-    """A count likelihood, as data: its log pmf and which heads it needs.
+    """A count likelihood, as data: its log pmf, its heads, its mean, sampling, shortcuts.
+
+    The methods take the decoded outputs of :meth:`ZiPoModule.generative
+    <zipo_scvi.ZiPoModule.generative>` (``heads``): ``log_rate`` (``log(l mu)``), ``log_mu``
+    (log shares, summing to one per cell), ``log_rate_library`` (the likelihood's ``log l``),
+    ``logit_z`` and ``log_theta`` (``None`` where the likelihood has no such head).
 
     Attributes
     ----------
     name
         Short name (``"zip"``, ``"zinb"``, ``"poisson"``, ``"nb"``).
     zero_inflated
-        Whether the model predicts a zero-inflation probability.
+        Whether the model predicts a zero-inflation probability (head ``logit_z``).
     dispersion
-        Whether the model predicts an NB dispersion.
+        Whether the model predicts an NB dispersion (head ``log_theta``).
     log_prob
-        ``log_prob(x, log_rate, logit_z, log_theta)``; unused arguments are ignored.
+        ``log_prob(x, log_rate, logit_z, log_theta)``, elementwise; unused arguments are ignored.
+    cell_shortcut
+        ``cell_shortcut(x, log_mu, log_library)``: the per-cell sum of ``log_prob`` over genes in
+        closed form (used when given; the Poisson's, :func:`log_poisson_cells`).
     """
 
     name: str
     zero_inflated: bool
     dispersion: bool
     log_prob: Callable[..., torch.Tensor]
+    cell_shortcut: Callable[..., torch.Tensor] | None = None
+
+    def log_prob_cells(self, x: torch.Tensor, heads: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Per-cell log-likelihood of counts ``x`` (summed over genes), shape ``(cells,)``."""
+        if self.cell_shortcut is not None:
+            return self.cell_shortcut(x, heads["log_mu"], heads["log_rate_library"])
+        log_prob = self.log_prob(x, heads["log_rate"], heads["logit_z"], heads["log_theta"])
+        return log_prob.sum(dim=1)
+
+    def mean(self, heads: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The distribution's mean ``(1 - z) l mu`` (``l mu`` without zero inflation)."""
+        rate = heads["log_rate"].exp()
+        return rate * torch.sigmoid(-heads["logit_z"]) if self.zero_inflated else rate
+
+    def sample(self, heads: Mapping[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
+        """Draw counts, shape ``(n_samples, cells, genes)``: Poisson of a rate that is gamma
+        distributed for NB likelihoods, zeroed with probability ``z`` for zero-inflated ones.
+        """
+        rate = heads["log_rate"].exp().expand(n_samples, *heads["log_rate"].shape)
+        if self.dispersion:
+            theta = heads["log_theta"].exp().expand_as(rate)
+            rate = torch.distributions.Gamma(theta, theta / rate.clamp_min(1e-30)).sample()
+        counts = torch.poisson(rate)
+        if self.zero_inflated:
+            zero = torch.bernoulli(torch.sigmoid(heads["logit_z"]).expand_as(counts))
+            counts = counts * (1 - zero)
+        return counts
 
 
 LIKELIHOODS: dict[str, Likelihood] = {
     "zip": Likelihood("zip", True, False, lambda x, m, r, t: log_zip(x, m, r)),
     "zinb": Likelihood("zinb", True, True, log_zinb),
-    "poisson": Likelihood("poisson", False, False, lambda x, m, r, t: log_poisson(x, m)),
+    "poisson": Likelihood(
+        "poisson", False, False, lambda x, m, r, t: log_poisson(x, m), log_poisson_cells
+    ),
     "nb": Likelihood("nb", False, True, lambda x, m, r, t: log_nb(x, m, t)),
 }
 

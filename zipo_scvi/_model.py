@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -22,11 +24,21 @@ from scvi.data.fields import (
 )
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
-from ._checks import check_counts, check_obs_keys
-from ._defaults import MOLECULE_SPLIT
+from ._checks import check_counts, check_obs_keys, check_saved_genes
+from ._defaults import MOLECULE_SPLIT, TRAIN_PLAN_KEYS
 from ._defaults import preset as get_preset
-from ._module import ZiPoModule, denoised_expression
-from ._scale import check_saved_genes
+from ._module import ZiPoModule
+from ._outputs import (
+    OUTPUT_BY_KEY,
+    OUTPUT_LAYERS,
+    PARAMETERS,
+    LibrarySize,
+    check_library_size,
+    compute_outputs,
+    layer_output,
+    outputs_for,
+)
+from ._settings import best_settings
 from ._sparsity import SparsityMixin
 from ._training import (
     EpochProgressBar,
@@ -35,19 +47,17 @@ from ._training import (
     ZiPoTrainingPlan,
     loss_in_words,
 )
+from .data._backed import BackedCollection
+from .data._h5ad import (
+    atomic_h5ad,
+    clean_obs,
+    dense_dataset,
+    group,
+    write_annotations,
+    write_counts,
+)
 
 logger = logging.getLogger(__name__)
-
-_TRAIN_PLAN_KEYS = (
-    "lr",
-    "lr_decay",
-    "lr_floor",
-    "lr_patience",
-    "lr_threshold",
-    "lr_factor",
-    "weight_decay",
-    "validation",
-)
 
 
 def _count_summary(manager: AnnDataManager, chunk: int = 10_000) -> tuple[float, torch.Tensor]:
@@ -122,8 +132,23 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
         residuals, log1p input, alpha_z = alpha_w = 0.1, the paper's schedule).
     seed
         Seeds torch, numpy and Lightning before the weights are drawn (``scvi.settings.seed``).
-    **model_kwargs
-        Any :class:`~zipo_scvi.ZiPoModule` argument, overriding the preset.
+    encoder_sizes, residuals, activation, batch_norm, norm_order, input_transform, \
+input_dropout, latent_noise, decoder_sizes, library_sizes, library_source, likelihood, alpha_z, \
+alpha_w, alpha_theta, alpha_library
+        The hyperparameters of :class:`~zipo_scvi.ZiPoModule` (described there); ``None``
+        (the default of each) takes the preset's value (:data:`zipo_scvi._defaults.PRESETS`).
+        The ones most often changed: ``likelihood`` (``"zip"``, ``"zinb"``, ``"poisson"``,
+        ``"nb"``), ``encoder_sizes`` (the last is the number of latents), ``alpha_z`` (weight
+        of the zero-inflation penalty) and ``alpha_w`` (weight of the scale-invariant sparsity
+        penalty on the first layer, paper II-E).
+    data_init
+        Start the library and mean heads at the data's averages
+        (:meth:`ZiPoModule.init_from_data <zipo_scvi.ZiPoModule.init_from_data>`); ``None``:
+        the preset's (default ``True``, paper ``False``).
+    encode_covariates, batch_mmd, batch_adversary
+        Several samples (:class:`~zipo_scvi.ZiPoModule`): the batch and categorical covariates
+        also enter the encoder; weights of a kernel MMD penalty and of an adversarial batch
+        classifier on the latents. ``None``: the preset's (paper: off).
 
     Notes
     -----
@@ -147,7 +172,7 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
     >>> adata = simulate_counts(n_cells=200, n_genes=100, seed=0)
     >>> ZIPO.setup_anndata(adata)
     >>> model = ZIPO(adata, encoder_sizes=(32, 8))
-    >>> model.train(max_epochs=2)
+    >>> model.train(max_epochs=2, enable_progress_bar=False)
     >>> model.get_latent_representation().shape
     (200, 8)
     """
@@ -161,20 +186,35 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
         registry: dict | None = None,
         preset: Literal["default", "paper"] = "default",
         seed: int | None = None,
-        **model_kwargs,
+        *,
+        encoder_sizes: Sequence[int] | None = None,
+        residuals: Literal["full", "none"] | None = None,
+        activation: Literal["sigmoid", "gelu", "relu"] | None = None,
+        batch_norm: bool | None = None,
+        norm_order: Literal["act_bn", "bn_act"] | None = None,
+        input_transform: Literal["none", "log1p", "log1p_norm"] | None = None,
+        input_dropout: float | None = None,
+        latent_noise: float | None = None,
+        decoder_sizes: Sequence[int] | None = None,
+        library_sizes: Sequence[int] | None = None,
+        library_source: Literal["latent", "observed"] | None = None,
+        likelihood: Literal["zip", "zinb", "poisson", "nb"] | None = None,
+        alpha_z: float | None = None,
+        alpha_w: float | None = None,
+        alpha_theta: float | None = None,
+        alpha_library: float | None = None,
+        data_init: bool | None = None,
+        encode_covariates: bool | None = None,
+        batch_mmd: float | None = None,
+        batch_adversary: float | None = None,
     ):
         super().__init__(adata, registry=registry)
         module_defaults, self._train_defaults = get_preset(preset)
-        unknown = set(model_kwargs) - set(module_defaults)
-        if unknown:
-            raise TypeError(
-                f"Unknown ZIPO argument(s) {sorted(unknown)}; "
-                f"valid ones are {sorted(module_defaults)}."
-            )
+        given = {k: v for k, v in locals().items() if k in module_defaults and v is not None}
         if seed is not None:
             scvi.settings.seed = seed
         self.preset = preset
-        self.hyperparameters = {**module_defaults, **model_kwargs}
+        self.hyperparameters = {**module_defaults, **given}
         stats = self.summary_stats
         cat_registry = self.registry_["field_registries"].get(REGISTRY_KEYS.CAT_COVS_KEY, {})
         n_cats = cat_registry.get("state_registry", {}).get("n_cats_per_key")
@@ -295,11 +335,26 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
     def from_study(cls, adata: AnnData, study, **model_kwargs) -> ZIPO:
         """Untrained model with the best settings of a :func:`zipo_scvi.tune` study.
 
-        Train it with ``model.train(**zipo_scvi.best_settings(study)["train_kwargs"])``.
-        """
-        from ._tune import model_from_study
+        Parameters
+        ----------
+        adata
+            AnnData registered with :meth:`setup_anndata`.
+        study
+            A study made by :func:`zipo_scvi.tune`.
+        **model_kwargs
+            Overrides of the chosen settings (and ``preset``, ``seed``).
 
-        return model_from_study(adata, study, **model_kwargs)
+        Returns
+        -------
+        The model; train it with ``model.train(**zipo_scvi.best_settings(study)["train_kwargs"])``.
+
+        Examples
+        --------
+        >>> model = ZIPO.from_study(adata, study)  # doctest: +SKIP
+        """
+        settings = best_settings(study)
+        preset = model_kwargs.pop("preset", settings["preset"])
+        return cls(adata, preset=preset, **{**settings["model_kwargs"], **model_kwargs})
 
     # ------------------------------------------------------------------ training
     def train(
@@ -356,7 +411,7 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
 
         Examples
         --------
-        >>> model.train(max_epochs=50, validation="molecules")  # doctest: +SKIP
+        >>> model.train(max_epochs=2, validation="molecules", enable_progress_bar=False)
         """
         defaults = self._train_defaults
         if seed is not None:
@@ -364,13 +419,13 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
         train_size = defaults["train_size"] if train_size is None else train_size
         has_validation = train_size < 1.0 and self.adata.n_obs * (1 - train_size) >= 1
         monitor = "validation_loss" if has_validation else "train_loss"
-        plan = {k: defaults[k] for k in _TRAIN_PLAN_KEYS}
+        plan = {k: defaults[k] for k in TRAIN_PLAN_KEYS}
         if lr is not None:
             plan["lr"] = lr
         if validation is not None:
             plan["validation"] = validation
         # the preset's schedule names (lr_decay, weight_decay, ...) may be given directly
-        plan.update({k: trainer_kwargs.pop(k) for k in _TRAIN_PLAN_KEYS if k in trainer_kwargs})
+        plan.update({k: trainer_kwargs.pop(k) for k in TRAIN_PLAN_KEYS if k in trainer_kwargs})
         plan.update(plan_kwargs or {})
         plan["monitor"] = monitor
         #: How the validation loss of the last training was scored ("cells", "molecules";
@@ -418,10 +473,14 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
             yield from loader
 
     def _decode(self, tensors, transform_batch: int | None = None) -> dict[str, torch.Tensor]:
+        """The latents ``z`` and the decoded outputs of one minibatch."""
         inference_inputs = self.module._get_inference_input(tensors)
         inference_outputs = self.module.inference(**inference_inputs)
         generative_inputs = self.module._get_generative_input(tensors, inference_outputs)
-        return self.module.generative(**generative_inputs, transform_batch=transform_batch)
+        generative_outputs = self.module.generative(
+            **generative_inputs, transform_batch=transform_batch
+        )
+        return {**inference_outputs, **generative_outputs}
 
     def _frame(
         self,
@@ -459,20 +518,33 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
             )
         return mapping.index(str(transform_batch))
 
-    def _collect(
+    def _iter_outputs(
         self,
-        fn: Callable[[dict, dict], np.ndarray],
-        adata: AnnData | None,
-        indices: Sequence[int] | None,
-        batch_size: int | None,
+        keys: Sequence[str] | None,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        library_size: LibrarySize = 1,
         transform_batch=None,
-    ) -> np.ndarray:
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Minibatches of the outputs ``keys`` of :data:`~zipo_scvi._outputs.OUTPUTS` that the
+        likelihood has (default: those written to files), as float32 arrays by key.
+        """
+        check_library_size(library_size)
+        likelihood = self.module.likelihood
+        outputs = outputs_for(likelihood, keys)
         code = self._batch_code(transform_batch)
-        parts = [
-            fn(tensors, self._decode(tensors, code))
-            for tensors in self._batches(adata, indices, batch_size)
-        ]
-        return np.concatenate(parts, axis=0)
+        for tensors in self._batches(adata, indices, batch_size):
+            decoded = self._decode(tensors, code)
+            x = tensors[REGISTRY_KEYS.X_KEY]
+            yield compute_outputs(outputs, likelihood, decoded, x, library_size)
+
+    def _collect_outputs(self, keys, *args, **kwargs) -> dict[str, np.ndarray]:
+        parts: dict[str, list[np.ndarray]] = {}
+        for block in self._iter_outputs(keys, *args, **kwargs):
+            for key, value in block.items():
+                parts.setdefault(key, []).append(value)
+        return {key: np.concatenate(value, axis=0) for key, value in parts.items()}
 
     # ------------------------------------------------------------------ getters
     def get_latent_representation(
@@ -523,8 +595,8 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
 
         Examples
         --------
-        >>> adata.obsm["X_zipo"] = model.get_latent_representation()  # doctest: +SKIP
-        >>> sc.pp.neighbors(adata, use_rep="X_zipo")  # doctest: +SKIP
+        >>> adata.obsm["X_zipo"] = model.get_latent_representation()
+        >>> sc.pp.neighbors(adata, use_rep="X_zipo")
         """
         del give_mean, mc_samples  # deterministic latents: the mean is every sample
         if return_dist:
@@ -596,12 +668,9 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
 
         Examples
         --------
-        >>> denoised = model.get_normalized_expression(library_size="latent")  # doctest: +SKIP
+        >>> denoised = model.get_normalized_expression(library_size="latent")
         """
-        if not (isinstance(library_size, (int, float)) or library_size in ("latent", "observed")):
-            raise ValueError(
-                f"library_size must be a number, 'latent' or 'observed', not {library_size!r}."
-            )
+        check_library_size(library_size)
         if n_samples < 1:
             raise ValueError(f"n_samples must be at least 1, not {n_samples}.")
         if n_samples > 1 and not return_mean:
@@ -622,27 +691,177 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
             if missing:
                 raise ValueError(f"Genes {missing[:5]} not found in adata.var_names.")
             genes = adata_.var_names.get_indexer(gene_list)
-
-        def fn(tensors, g):
-            values = denoised_expression(g, tensors[REGISTRY_KEYS.X_KEY], library_size)
-            return values[:, genes].cpu().numpy()
-
-        values = self._collect(fn, adata, indices, batch_size, transform_batch)
+        blocks = self._iter_outputs(
+            ["denoised"], adata, indices, batch_size, library_size, transform_batch
+        )
+        values = np.concatenate([block["denoised"][:, genes] for block in blocks], axis=0)
         return self._frame(adata, indices, values, adata_.var_names[genes], return_numpy)
 
-    def write_normalized_expression(self, path: str, adata: AnnData | None = None, **kwargs):
-        """Write denoised expression to an ``.h5ad`` file in blocks of cells (for backed data).
+    def get_outputs(
+        self,
+        adata: AnnData | None = None,
+        library_size: LibrarySize = "observed",
+        batch_size: int | None = None,
+        transform_batch: str | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Every output written to files, in one pass over the data (what ``zipo denoise`` adds).
 
-        See :func:`zipo_scvi.write_denoised` (``**kwargs``: ``library_size``, ``layers``,
-        ``batch_size``, ``compression``, ``uns``); returns the path written.
+        Parameters
+        ----------
+        adata, batch_size
+            See :meth:`get_latent_representation`.
+        library_size
+            Of the denoised expression, as in :meth:`get_normalized_expression`.
+        transform_batch
+            Decode every cell as if it came from this batch (as in
+            :meth:`get_normalized_expression`).
+
+        Returns
+        -------
+        ``{AnnData key: array}`` (float32) for the outputs the likelihood has:
+        ``zipo_denoised``, ``zipo_zero_prob`` (ZIP and ZINB only), ``zipo_dispersion`` (NB and
+        ZINB only), ``X_zipo`` (latents), ``zipo_predicted_library`` (the library subnetwork's
+        ``l``) and ``zipo_observed_library`` (each cell's total count);
+        :func:`zipo_scvi._outputs.store` puts them in an AnnData.
 
         Examples
         --------
-        >>> model.write_normalized_expression("atlas_denoised.h5ad")  # doctest: +SKIP
+        >>> sorted(model.get_outputs())  # a ZIP model
+        ['X_zipo', 'zipo_denoised', 'zipo_observed_library', 'zipo_predicted_library',
+         'zipo_zero_prob']
         """
-        from ._scale import write_denoised
+        values = self._collect_outputs(
+            None, adata, None, batch_size, library_size, transform_batch
+        )
+        return {OUTPUT_BY_KEY[key].name: value for key, value in values.items()}
 
-        return write_denoised(self, path, adata=adata, **kwargs)
+    def write_normalized_expression(
+        self,
+        path: str | os.PathLike,
+        adata: AnnData | BackedCollection | None = None,
+        library_size: float | Literal["latent", "observed"] = "observed",
+        layers: Sequence[str] = OUTPUT_LAYERS,
+        latent_key: str | None = "X_zipo",
+        library_key: str | None = "zipo_predicted_library",
+        observed_key: str | None = "zipo_observed_library",
+        batch_size: int = 1024,
+        compression: str | None = None,
+        uns: Mapping[str, Any] | None = None,
+        transform_batch: str | None = None,
+    ) -> Path:
+        """Write denoised expression to an ``.h5ad`` file block by block, never whole in memory.
+
+        The output holds the input's counts and annotations (for a backed input, every element
+        of its file is copied at the HDF5 level), plus the model's outputs:
+        ``layers["zipo_denoised"]`` (dense float32, ``library_size`` as in
+        :meth:`get_normalized_expression`), ``layers["zipo_zero_prob"]`` (zero-inflated
+        likelihoods only), ``layers["zipo_dispersion"]`` (NB likelihoods only),
+        ``obsm["X_zipo"]``, ``obs["zipo_predicted_library"]`` (the library subnetwork's ``l``)
+        and ``obs["zipo_observed_library"]`` (each cell's total count: what ``"observed"``
+        denoised values are scaled to); the table :data:`zipo_scvi._outputs.OUTPUTS`. The file
+        is written under a temporary name and renamed when done. Also available as
+        :func:`zipo_scvi.write_denoised` ``(model, path, ...)``.
+
+        Parameters
+        ----------
+        path
+            Output ``.h5ad`` (must differ from the input file).
+        adata
+            Data registered like the model's (backed, a
+            :class:`~zipo_scvi.data.BackedCollection` or in memory); default: the model's data.
+        library_size
+            ``"latent"`` (rates ``l * mu``), ``"observed"`` (``mu`` times the observed total)
+            or a number (``mu`` scaled to it).
+        layers
+            Which of ``"zipo_denoised"``, ``"zipo_zero_prob"``, ``"zipo_dispersion"`` to write
+            (those the likelihood does not have are skipped: ``zero_prob`` exists only for ZIP
+            and ZINB, ``dispersion`` only for NB and ZINB).
+        latent_key, library_key, observed_key
+            ``obsm`` key of the latents, ``obs`` columns of the predicted library ``l`` and of
+            the observed total count (``None``: skip).
+        batch_size
+            Cells per block: memory grows with ``batch_size x n_genes``, not with the cells.
+        compression
+            HDF5 compression of the new layers (``None``, ``"gzip"`` or ``"lzf"``).
+        uns
+            Entries written under ``uns`` (e.g. the settings of the run).
+        transform_batch
+            Decode every cell as if it came from this batch (as in
+            :meth:`get_normalized_expression`).
+
+        Returns
+        -------
+        The path written.
+
+        Examples
+        --------
+        >>> path = model.write_normalized_expression("atlas_denoised.h5ad")
+        >>> out = anndata.read_h5ad(path, backed="r")
+        >>> out.layers["zipo_denoised"][:5].shape == (5, out.n_vars)
+        True
+        """
+        check_library_size(library_size)
+        chosen = [layer_output(name).key for name in layers]
+        self._batch_code(transform_batch)  # an unknown batch fails before any writing
+        if batch_size < 2:
+            raise ValueError(f"batch_size must be at least 2, not {batch_size}.")
+        adata = self._validate_anndata(adata)
+        path = Path(path)
+        if path.suffix != ".h5ad":
+            raise ValueError(f"Output {str(path)!r} must end in .h5ad.")
+        source = None
+        if not isinstance(adata, BackedCollection) and adata.isbacked:
+            source = Path(adata.filename)
+            if path.resolve() == source.resolve():
+                raise ValueError(
+                    f"Output {str(path)!r} is the backed input file; choose another path."
+                )
+        where = {"latent": latent_key, "library": library_key, "observed_library": observed_key}
+        keys = [*chosen, *(key for key, name in where.items() if name is not None)]
+        outputs = outputs_for(self.module.likelihood, keys)
+        n_obs, n_vars = adata.n_obs, adata.n_vars
+        obs = clean_obs(adata.obs)
+        columns = {
+            out.key: np.empty(n_obs, dtype=np.float32) for out in outputs if out.slot == "obs"
+        }
+        with atomic_h5ad(path, source) as f:
+            if source is None:
+                counts_layer = self.registry_["setup_args"].get("layer")
+                counts = adata.X if counts_layer is None else adata.layers[counts_layer]
+                write_counts(f, counts, n_obs)
+            datasets = {}
+            for out in outputs:
+                if out.slot == "obs":
+                    continue
+                n_cols = n_vars if out.slot == "layers" else self.module.n_latent
+                packed = compression if out.slot == "layers" else None
+                datasets[out.key] = dense_dataset(
+                    group(f, out.slot),
+                    where.get(out.key, out.name),
+                    (n_obs, n_cols),
+                    batch_size,
+                    packed,
+                )
+            start = 0
+            for block in self._iter_outputs(
+                [out.key for out in outputs],
+                adata,
+                None,
+                batch_size,
+                library_size,
+                transform_batch,
+            ):
+                rows = slice(start, start + len(next(iter(block.values()))))
+                for key, value in block.items():
+                    (columns if key in columns else datasets)[key][rows] = value
+                start = rows.stop
+            if start != n_obs:
+                raise RuntimeError(f"Wrote {start} of {n_obs} cells; the loader ended early.")
+            for key, value in columns.items():
+                obs[where.get(key, OUTPUT_BY_KEY[key].name)] = value
+            var = None if source is not None else pd.DataFrame(index=adata.var_names.copy())
+            write_annotations(f, obs, var, uns)
+        return path
 
     def get_likelihood_parameters(
         self,
@@ -671,23 +890,11 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
 
         Examples
         --------
-        >>> params = model.get_likelihood_parameters()  # doctest: +SKIP
-        >>> sorted(params)  # a ZIP model  # doctest: +SKIP
+        >>> params = model.get_likelihood_parameters()
+        >>> sorted(params)  # a ZIP model
         ['library', 'mean', 'rate', 'zero_prob']
         """
-        out: dict[str, list[np.ndarray]] = {}
-        for tensors in self._batches(adata, indices, batch_size):
-            g = self._decode(tensors)
-            rate = g["log_rate"].exp()
-            params = {"rate": rate, "library": g["log_library"].exp().squeeze(1), "mean": rate}
-            if g["logit_z"] is not None:
-                params["zero_prob"] = torch.sigmoid(g["logit_z"])
-                params["mean"] = rate * torch.sigmoid(-g["logit_z"])
-            if g["log_theta"] is not None:
-                params["dispersion"] = g["log_theta"].exp()
-            for key, value in params.items():
-                out.setdefault(key, []).append(value.cpu().numpy())
-        return {key: np.concatenate(value, axis=0) for key, value in out.items()}
+        return self._collect_outputs(PARAMETERS, adata, indices, batch_size)
 
     def get_reconstruction_error(
         self,
@@ -747,3 +954,7 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
         ]
         samples = np.concatenate(parts, axis=1)
         return samples[0] if n_samples == 1 else np.moveaxis(samples, 0, -1)
+
+
+#: ``write_denoised(model, path, ...)``: :meth:`ZIPO.write_normalized_expression` as a function.
+write_denoised = ZIPO.write_normalized_expression

@@ -23,7 +23,7 @@ from ._components import (
     drop_input,
 )
 from ._defaults import PAPER_MODULE
-from ._distributions import get_likelihood, log_poisson, log_poisson_cells
+from ._distributions import get_likelihood, log_poisson
 
 _P = PAPER_MODULE
 LIBRARY_SOURCES = ("latent", "observed")
@@ -74,23 +74,6 @@ def _covariate_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tens
         "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
         "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS_KEY),
     }
-
-
-def denoised_expression(
-    generative_outputs: dict[str, torch.Tensor], x: torch.Tensor, library_size
-) -> torch.Tensor:
-    """Denoised expression of a minibatch from its decoded outputs.
-
-    ``library_size``: ``"latent"`` (``mu`` times the predicted library), ``"observed"``
-    (``mu`` times the cell's total count in ``x``, dense or sparse) or a number.
-    """
-    g = generative_outputs
-    if library_size == "latent":
-        return (g["log_library"] + g["log_mu"]).exp()
-    if library_size == "observed":
-        totals = dense_input(x).sum(dim=1, keepdim=True).to(g["log_mu"].device)
-        return g["log_mu"].exp() * totals
-    return g["log_mu"].exp() * float(library_size)
 
 
 class ZiPoModule(BaseModuleClass):
@@ -431,17 +414,13 @@ class ZiPoModule(BaseModuleClass):
         g = dict(generative_outputs)
         if rate_scale != 1.0:
             g["log_rate"] = g["log_rate"] + math.log(rate_scale)
-        if self.likelihood.name == "poisson" and "log_rate_library" in g:
-            # sum_g mu_g = 1: the gene sum collapses (same value and gradient, fewer passes)
-            log_l = g["log_rate_library"] + math.log(rate_scale)
-            nll_cell = -log_poisson_cells(x, g["log_mu"], log_l)
-        else:
-            nll_cell = -self.log_likelihood(x, g).sum(dim=1)
+            g["log_rate_library"] = g["log_rate_library"] + math.log(rate_scale)
+        nll_cell = -self.likelihood.log_prob_cells(x, g)
         loss = nll_cell.mean()
         with torch.no_grad():  # a reported metric: no graph, nothing kept for backward
             mse = torch.sub(g["log_rate"].exp(), x).square_().mean()
         extra = {"nll": nll_cell.mean().detach(), "mse": mse}
-        if g["logit_z"] is not None:
+        if self.likelihood.zero_inflated:
             zero_prob = torch.sigmoid(g["logit_z"])
             loss = loss + self.alpha_z * zero_prob.pow(2).mean()
             extra["zero_prob"] = zero_prob.mean().detach()
@@ -456,7 +435,7 @@ class ZiPoModule(BaseModuleClass):
             library_nll = -log_poisson(total, log_l)
             loss = loss + library_nll.mean()
             extra["library_nll"] = library_nll.mean().detach()
-        if g["log_theta"] is not None:
+        if self.likelihood.dispersion:
             loss = loss + self.alpha_theta * g["log_theta"].pow(2).mean()
         if self.training and self.batch_mmd_weight > 0 and self.n_nuisance:
             mmd = self.batch_mmd(inference_outputs["z"], tensors)
@@ -466,7 +445,7 @@ class ZiPoModule(BaseModuleClass):
             fool, classify = self.adversarial_losses(inference_outputs["z"], tensors)
             loss = loss + self.batch_adversary * (fool + classify)
             extra["batch_classifier_loss"] = classify.detach()
-        if g["log_theta"] is not None and self.library_source == "latent":
+        if self.likelihood.dispersion and self.library_source == "latent":
             library_gap = g["log_library"].exp().squeeze(1) * rate_scale - x.sum(dim=1)
             loss = loss + self.alpha_library * library_gap.pow(2).mean()
         return LossOutput(
@@ -480,12 +459,4 @@ class ZiPoModule(BaseModuleClass):
     def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
         """Draw counts from the fitted distribution, shape ``(n_samples, cells, genes)``."""
         _, g = self.forward(tensors, compute_loss=False)
-        rate = g["log_rate"].exp().expand(n_samples, *g["log_rate"].shape)
-        if g["log_theta"] is not None:
-            theta = g["log_theta"].exp().expand_as(rate)
-            rate = torch.distributions.Gamma(theta, theta / rate.clamp_min(1e-30)).sample()
-        counts = torch.poisson(rate)
-        if g["logit_z"] is not None:
-            zero = torch.bernoulli(torch.sigmoid(g["logit_z"]).expand_as(counts))
-            counts = counts * (1 - zero)
-        return counts
+        return self.likelihood.sample(g, n_samples)

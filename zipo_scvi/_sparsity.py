@@ -325,9 +325,9 @@ class SparsityMixin:
 
         Examples
         --------
-        >>> report = model.prune(delta=1e-4)  # doctest: +SKIP
-        >>> report["fraction_pruned"], report["nll_change"]  # doctest: +SKIP
-        (0.98, 0.0001)
+        >>> report = model.prune(delta=1e-4)
+        >>> 0 <= report["fraction_pruned"] <= 1
+        True
         """
         delta = _check_delta(delta)
         self._check_trained()
@@ -371,9 +371,9 @@ class SparsityMixin:
 
         Examples
         --------
-        >>> model.first_layer_sparsity(deltas=[1e-4])  # doctest: +SKIP
+        >>> model.first_layer_sparsity(deltas=[1e-4])  # the paper's model: ~0.98
         delta
-        0.0001    0.98
+        0.0001    ...
         Name: fraction_below, dtype: float64
         """
         return sparsity_curve(self._first_weight(), deltas)
@@ -401,7 +401,7 @@ class SparsityMixin:
 
         Examples
         --------
-        >>> curve = model.pruning_curve(deltas=[1e-5, 1e-4, 1e-3])  # doctest: +SKIP
+        >>> curve = model.pruning_curve(deltas=[1e-5, 1e-4, 1e-3])
         """
         deltas = [0.0, *sorted(_check_delta(d) for d in deltas)]
         self._check_trained()
@@ -446,8 +446,8 @@ class SparsityMixin:
 
         Examples
         --------
-        >>> modules = model.get_gene_modules(n_top=10)  # doctest: +SKIP
-        >>> modules[modules.neuron == 0]  # doctest: +SKIP
+        >>> modules = model.get_gene_modules(n_top=10)
+        >>> first = modules[modules.neuron == 0]
         """
         genes = self.adata_manager.get_state_registry(REGISTRY_KEYS.X_KEY).get("column_names")
         if genes is None:
@@ -482,7 +482,7 @@ class SparsityMixin:
 
         Examples
         --------
-        >>> model.get_zero_inflation().sort_values().tail()  # doctest: +SKIP
+        >>> most_inflated = model.get_zero_inflation().sort_values().tail()
         """
         if not self.module.likelihood.zero_inflated:
             raise ValueError(

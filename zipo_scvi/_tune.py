@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import optuna
@@ -20,11 +20,10 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
-from ._defaults import ERROR_BAR_LAMBDA, MOLECULE_SPLIT, PAPER_SEARCH_SPACE, PRESETS
-from ._model import _TRAIN_PLAN_KEYS, ZIPO
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from ._defaults import MOLECULE_SPLIT, PAPER_SEARCH_SPACE
+from ._metrics import log_normalised_mse, mcv_poisson, thin_counts
+from ._model import ZIPO
+from ._settings import MODEL_KEYS, TRAIN_KEYS, split_settings
 
 OBJECTIVES = ("validation_nll", "mcv")
 SEED_METRICS = ("nll", "mse", "true_mse")
@@ -36,13 +35,8 @@ DISTRIBUTIONS: Mapping[str, Callable[..., optuna.distributions.BaseDistribution]
     "int": lambda lo, hi: optuna.distributions.IntDistribution(lo, hi),
     "logint": lambda lo, hi: optuna.distributions.IntDistribution(lo, hi, log=True),
 }
-MODEL_KEYS = frozenset(PRESETS["paper"][0])
-#: Arguments of :meth:`ZIPO.train` that a search may vary; the plan keys go to ``plan_kwargs``.
-TRAIN_KEYS = frozenset(
-    {"max_epochs", "lr", "batch_size", "validation", "train_size", "early_stopping_patience"}
-)
-PLAN_KEYS = frozenset(_TRAIN_PLAN_KEYS) - {"lr", "validation"}
-SEARCHABLE = MODEL_KEYS | TRAIN_KEYS | PLAN_KEYS | {"preset"}
+#: What a search may vary: a preset's model and training settings, and the preset.
+SEARCHABLE = MODEL_KEYS | TRAIN_KEYS | {"preset"}
 #: Metric logged by the training plan each epoch and reported to the pruner (regulariser-free).
 PRUNING_MONITOR = "nll_validation"
 
@@ -64,7 +58,7 @@ class _Param:
         if name not in SEARCHABLE:
             raise ValueError(
                 f"Unknown search-space parameter {name!r}; searchable are model arguments "
-                f"{sorted(MODEL_KEYS)}, training arguments {sorted(TRAIN_KEYS | PLAN_KEYS)} "
+                f"{sorted(MODEL_KEYS)}, training arguments {sorted(TRAIN_KEYS)} "
                 "and 'preset'."
             )
         self.name, self.values = name, None
@@ -109,26 +103,6 @@ def _parse_space(search_space: Mapping[str, Any] | None) -> list[_Param]:
     return [_Param(name, spec) for name, spec in space.items()]
 
 
-def _split_settings(settings: Mapping[str, Any]) -> tuple[str, dict, dict]:
-    """Route flat settings to (preset, model kwargs, train kwargs with ``plan_kwargs``)."""
-    preset, model_kwargs, train_kwargs = "default", {}, {}
-    plan = dict(settings.get("plan_kwargs") or {})
-    for key, value in settings.items():
-        if key == "preset":
-            preset = value
-        elif key in MODEL_KEYS:
-            model_kwargs[key] = tuple(value) if isinstance(value, list) else value
-        elif key in PLAN_KEYS:
-            plan[key] = value
-        elif key != "plan_kwargs":
-            train_kwargs[key] = value
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
-    if plan:
-        train_kwargs["plan_kwargs"] = plan
-    return preset, model_kwargs, train_kwargs
-
-
 def _jsonable(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The settings that survive a JSON round trip (callbacks and objects are left out)."""
     out = {}
@@ -150,83 +124,19 @@ def _setup_args(adata: AnnData) -> tuple[dict[str, Any], Any]:
 
 
 def _thin(adata: AnnData, fraction: float, seed: int) -> tuple[AnnData, sp.csr_matrix]:
-    """Split the registered counts by binomial thinning (BENCHMARKS.md, MCV step 1).
+    """Split the registered counts by binomial thinning (:func:`~zipo_scvi._metrics.thin_counts`).
 
     Returns the AnnData of the kept molecules (registered like ``adata``, genes without kept
     counts dropped) and the held-out molecules of the same genes.
     """
     setup_args, manager = _setup_args(adata)
-    counts = sp.csr_matrix(manager.get_from_registry(REGISTRY_KEYS.X_KEY), dtype=np.float64)
-    counts.data = np.rint(counts.data)
-    rng = np.random.default_rng(seed)
-    kept = counts.copy()
-    kept.data = rng.binomial(counts.data.astype(np.int64), fraction).astype(np.float64)
-    held_out = counts - kept
+    kept, held_out = thin_counts(manager.get_from_registry(REGISTRY_KEYS.X_KEY), fraction, seed)
     genes = np.asarray(kept.sum(axis=0)).ravel() > 0
-    kept.eliminate_zeros()
     train = AnnData(
         X=kept[:, genes].astype(np.float32), obs=adata.obs.copy(), var=adata.var[genes].copy()
     )
     ZIPO.setup_anndata(train, **{**setup_args, "layer": None})
-    return train, sp.csr_matrix(held_out[:, genes])
-
-
-def mcv_poisson(denoised: np.ndarray, kept: Any, held_out: Any) -> float:
-    """Poisson loss of denoised expression against held-out molecules (lower is better).
-
-    ``D' = D * sum(Y) / sum(X)``; the loss is the mean over cells and genes of
-    ``D' - Y log(D' + 1e-6)`` (Batson et al. 2019; BENCHMARKS.md).
-
-    Parameters
-    ----------
-    denoised
-        ``D``: cells x genes, on the count scale of the kept molecules ``X``.
-    kept, held_out
-        ``X`` and ``Y`` (dense or sparse, same shape as ``denoised``).
-
-    Returns
-    -------
-    The loss.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> x = np.array([[2.0, 0.0], [1.0, 3.0]])
-    >>> round(mcv_poisson(x, x, x), 4) == round(mcv_poisson(x * 1.0, x, x), 4)
-    True
-    """
-    denoised = np.asarray(denoised, dtype=np.float64)
-    scaled = denoised * (float(held_out.sum()) / float(kept.sum()))
-    y = held_out.toarray() if sp.issparse(held_out) else np.asarray(held_out, dtype=np.float64)
-    return float(np.mean(scaled - y * np.log(scaled + 1e-6)))
-
-
-def log_normalised_mse(denoised: Any, truth: Any, target_sum: float = 1e4) -> float:
-    """MSE between ``log1p`` of two matrices normalised to ``target_sum`` per cell.
-
-    Parameters
-    ----------
-    denoised, truth
-        Cells x genes (dense or sparse).
-    target_sum
-        Counts per cell after normalisation.
-
-    Returns
-    -------
-    The mean squared difference over cells and genes.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> log_normalised_mse(np.ones((2, 3)), 5 * np.ones((2, 3)))
-    0.0
-    """
-
-    def norm(m):
-        m = m.toarray() if sp.issparse(m) else np.asarray(m, dtype=np.float64)
-        return np.log1p(m / np.maximum(m.sum(axis=1, keepdims=True), 1e-12) * target_sum)
-
-    return float(np.mean((norm(denoised) - norm(truth)) ** 2))
+    return train, held_out[:, genes]
 
 
 # ---------------------------------------------------------------------------- quiet training
@@ -287,7 +197,7 @@ def _objective_fn(
         settings = {**fixed, **{p.name: p.suggest(trial) for p in params}}
         if objective == "validation_nll":
             settings.setdefault("validation", "cells")  # the paper's validation NLL
-        preset, model_kwargs, train_kwargs = _split_settings(settings)
+        preset, model_kwargs, train_kwargs = split_settings(settings)
         trial.set_user_attr("preset", preset)
         trial.set_user_attr("model_kwargs", _jsonable(model_kwargs))
         trial.set_user_attr("train_kwargs", _jsonable(train_kwargs))
@@ -298,7 +208,7 @@ def _objective_fn(
         _train_quietly(model, seed=seed, callbacks=callbacks, **train_kwargs)
         if objective == "mcv":
             denoised = model.get_normalized_expression(library_size="latent", return_numpy=True)
-            # BENCHMARKS.md's second MCV score, kept beside the objective for comparison.
+            # MCV's second score (zipo_scvi._metrics), kept beside the objective for comparison.
             trial.set_user_attr("mcv_mse", log_normalised_mse(denoised, held_out))
             return mcv_poisson(denoised, data.X, held_out)
         if model.validation_indices is None or len(model.validation_indices) == 0:
@@ -382,9 +292,9 @@ def tune(
         paper's; trials validate on cells unless ``validation`` is given). ``"mcv"``: molecular
         cross-validation; every cell's molecules are split once by binomial thinning (90/10,
         seeded by ``seed``), trials train on the 90% and score the Poisson loss of their denoised
-        rates against the held-out 10% (BENCHMARKS.md; the log-normalised MSE against the
-        held-out molecules is kept as the trial's user attribute ``"mcv_mse"``). Both are
-        minimised.
+        rates against the held-out 10% (:mod:`zipo_scvi._metrics`; the log-normalised MSE
+        against the held-out molecules is kept as the trial's user attribute ``"mcv_mse"``).
+        Both are minimised.
     storage
         ``None``: in memory. A path: an SQLite file (``sqlite:///<path>``). An RDB URL
         (``postgresql://...``, ``mysql+pymysql://...``) or optuna storage: processes and
@@ -414,7 +324,7 @@ def tune(
     -------
     The optuna study; ``study.best_params`` holds the sampled labels (encoder structures as
     ``"512-256-128"``), ``study.best_trial.user_attrs`` the full settings, and
-    :func:`best_settings` / :meth:`ZIPO.from_study` turn them into a model.
+    :func:`~zipo_scvi.best_settings` / :meth:`ZIPO.from_study` turn them into a model.
 
     Raises
     ------
@@ -441,7 +351,7 @@ def tune(
     if objective not in OBJECTIVES:
         raise ValueError(f"Unknown objective {objective!r}; choose one of {list(OBJECTIVES)}.")
     params = _parse_space(search_space)
-    _split_settings(train_kwargs)  # checks the preset early
+    split_settings(train_kwargs)  # checks the preset early
     if objective == "validation_nll" and train_kwargs.get("train_size", 0.0) >= 1.0:
         raise ValueError("objective='validation_nll' needs validation cells (train_size < 1).")
     storage = _storage_url(storage)
@@ -478,72 +388,6 @@ def tune(
     return study
 
 
-def best_settings(study: optuna.Study) -> dict[str, Any]:
-    """The settings of a study's best trial, ready for ZIPO.
-
-    Parameters
-    ----------
-    study
-        A study made by :func:`tune` with at least one completed trial.
-
-    Returns
-    -------
-    ``{"preset": ..., "model_kwargs": {...}, "train_kwargs": {...}}``; ``model_kwargs`` go to
-    ``ZIPO(adata, preset=..., **model_kwargs)``, ``train_kwargs`` to ``model.train``.
-
-    Raises
-    ------
-    ValueError
-        If the study has no completed trial or was not made by :func:`tune`.
-
-    Examples
-    --------
-    >>> settings = best_settings(study)  # doctest: +SKIP
-    >>> kwargs = settings["model_kwargs"]  # doctest: +SKIP
-    >>> model = ZIPO(adata, preset=settings["preset"], **kwargs)  # doctest: +SKIP
-    """
-    try:
-        trial = study.best_trial
-    except ValueError as err:
-        raise ValueError(f"Study {study.study_name!r} has no completed trial yet.") from err
-    attrs = trial.user_attrs
-    if "model_kwargs" not in attrs:
-        raise ValueError(f"Study {study.study_name!r} was not made by zipo_scvi.tune.")
-    preset, model_kwargs, _ = _split_settings(
-        {"preset": attrs.get("preset", "default"), **attrs["model_kwargs"]}
-    )
-    return {
-        "preset": preset,
-        "model_kwargs": model_kwargs,
-        "train_kwargs": dict(attrs.get("train_kwargs", {})),
-    }
-
-
-def model_from_study(adata: AnnData, study: optuna.Study, **model_kwargs) -> ZIPO:
-    """Build an untrained ZIPO with the best trial's model settings (see :meth:`ZIPO.from_study`).
-
-    Parameters
-    ----------
-    adata
-        AnnData registered with :meth:`ZIPO.setup_anndata`.
-    study
-        A study made by :func:`tune`.
-    **model_kwargs
-        Overrides of the chosen settings (and ``seed``).
-
-    Returns
-    -------
-    The model; train it with ``model.train(**best_settings(study)["train_kwargs"])``.
-
-    Examples
-    --------
-    >>> model = model_from_study(adata, study)  # doctest: +SKIP
-    """
-    settings = best_settings(study)
-    preset = model_kwargs.pop("preset", settings["preset"])
-    return ZIPO(adata, preset=preset, **{**settings["model_kwargs"], **model_kwargs})
-
-
 # ---------------------------------------------------------------------------- seeds
 def _seed_metrics(model: ZIPO, adata: AnnData, metrics: Sequence[str]) -> dict[str, float]:
     out = {}
@@ -558,45 +402,15 @@ def _seed_metrics(model: ZIPO, adata: AnnData, metrics: Sequence[str]) -> dict[s
     return {m: out[m] for m in metrics}
 
 
-def summarize_seeds(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean, SEM and the paper's error bar (lambda * SEM) per configuration and metric.
-
-    Parameters
-    ----------
-    table
-        Tidy table of :func:`compare_seeds` (columns ``config``, ``seed``, ``metric``,
-        ``value``).
-
-    Returns
-    -------
-    Columns ``config``, ``metric``, ``mean``, ``sem``, ``error`` (``ERROR_BAR_LAMBDA * sem``,
-    paper II-H) and ``n``; configurations in the table's order.
-
-    Examples
-    --------
-    >>> import pandas as pd
-    >>> t = pd.DataFrame({"config": ["a", "a"], "seed": [0, 1], "metric": "nll",
-    ...                   "value": [1.0, 3.0]})
-    >>> float(summarize_seeds(t)["mean"].iloc[0])
-    2.0
-    """
-    grouped = table.groupby(["config", "metric"], sort=False)["value"]
-    summary = grouped.agg(mean="mean", sem="sem", n="count").reset_index()
-    summary["sem"] = summary["sem"].fillna(0.0)
-    summary["error"] = ERROR_BAR_LAMBDA * summary["sem"]
-    return summary[["config", "metric", "mean", "sem", "error", "n"]]
-
-
 def compare_seeds(
     adata: AnnData,
     configs: Mapping[str, Mapping[str, Any]],
     n_seeds: int = 12,
     metrics: Sequence[str] = ("nll", "mse"),
     *,
-    plot: bool = True,
     verbose: bool = True,
     **train_kwargs,
-) -> tuple[pd.DataFrame, Figure | None]:
+) -> pd.DataFrame:
     """Train every configuration with every seed and compare them (paper II-H).
 
     Parameters
@@ -612,8 +426,6 @@ def compare_seeds(
         ``"nll"`` (mean per-cell NLL) and ``"mse"`` (MSE of the rates against the counts), both
         on the validation cells as in the paper, and ``"true_mse"`` (log-normalised denoised
         expression against ``adata.layers["true_rate"]``, for simulated data; all cells).
-    plot
-        Draw means with error bars ``lambda * SEM`` (:func:`zipo_scvi.pl.seed_comparison`).
     verbose
         Print one line per trained model.
     **train_kwargs
@@ -622,8 +434,9 @@ def compare_seeds(
 
     Returns
     -------
-    The tidy table (columns ``config``, ``seed``, ``metric``, ``value``) and the figure
-    (``None`` when ``plot=False``). :func:`summarize_seeds` gives means and error bars.
+    The tidy table (columns ``config``, ``seed``, ``metric``, ``value``);
+    :func:`zipo_scvi._metrics.summarize_seeds` gives means and error bars ``lambda * SEM``, and
+    :func:`zipo_scvi.pl.seed_comparison` draws them.
 
     Raises
     ------
@@ -633,9 +446,12 @@ def compare_seeds(
 
     Examples
     --------
-    >>> table, fig = compare_seeds(  # doctest: +SKIP
-    ...     adata, {"paper": {"preset": "paper"}, "default": {}}, n_seeds=12, max_epochs=50
+    >>> import zipo_scvi
+    >>> configs = {"paper": {"preset": "paper"}, "default": {}}
+    >>> table = compare_seeds(  # the paper: n_seeds=12 and full training
+    ...     adata, configs, n_seeds=2, max_epochs=2, encoder_sizes=(16, 4), verbose=False
     ... )
+    >>> fig = zipo_scvi.pl.seed_comparison(table)
     """
     unknown = [m for m in metrics if m not in SEED_METRICS]
     if unknown or not metrics:
@@ -649,7 +465,7 @@ def compare_seeds(
     _setup_args(adata)
     settings = {}
     for name, config in configs.items():
-        settings[name] = _split_settings({**train_kwargs, **config})
+        settings[name] = split_settings({**train_kwargs, **config})
     rows = []
     with _quiet_logs(verbose):
         for name, (preset, model_kwargs, fit_kwargs) in settings.items():
@@ -662,10 +478,4 @@ def compare_seeds(
                 if verbose:
                     shown = ", ".join(f"{m} {v:.5g}" for m, v in scores.items())
                     print(f"[zipo compare_seeds] {name} seed {seed}: {shown}")
-    table = pd.DataFrame(rows, columns=["config", "seed", "metric", "value"])
-    figure = None
-    if plot:
-        from .pl import seed_comparison
-
-        figure = seed_comparison(table)
-    return table, figure
+    return pd.DataFrame(rows, columns=["config", "seed", "metric", "value"])

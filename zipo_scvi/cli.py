@@ -182,8 +182,7 @@ def _history(model) -> dict[str, list[float]]:
 
 def _read_backed(args: argparse.Namespace, fmt: str | None):
     """Open an .h5ad input backed (counts stay on disk); see :func:`zipo_scvi.read_backed`."""
-    from ._scale import read_backed
-    from .data import InputError
+    from .data import InputError, read_backed
     from .data._io import _require_hdf5
 
     if fmt != "h5ad":
@@ -206,7 +205,7 @@ def _wants_backed(args: argparse.Namespace, fmt: str | None, settings: dict) -> 
         return True
     if fmt != "h5ad" or args.tsv_dir or args.report:
         return False
-    from ._scale import BACKED_MEMORY_FRACTION, should_read_backed
+    from .data._backed import BACKED_MEMORY_FRACTION, should_read_backed
 
     try:
         big = should_read_backed(args.input, layer=settings["setup"].get("layer"))
@@ -293,9 +292,9 @@ def _denoise(args: argparse.Namespace) -> int:
     file_settings, flags = _settings(args)
 
     from . import __version__
-    from ._config import ConfigError, dump_toml, model_kwargs, resolve, train_kwargs
+    from ._config import ConfigError, dump_toml, resolve, zipo_arguments
     from ._model import ZIPO
-    from ._scale import add_outputs
+    from ._outputs import store
     from .data import write_text_atomic
 
     try:
@@ -313,13 +312,14 @@ def _denoise(args: argparse.Namespace) -> int:
         return _apply_model(args, adata, source, paths, backed)
     transform_batch, label_key = _check_batch_outputs(adata, settings)
     _setup(adata, settings["setup"])
+    model_kwargs, train_kwargs = zipo_arguments(settings)
     try:
-        model = ZIPO(adata, **model_kwargs(settings))
+        model = ZIPO(adata, **model_kwargs)
         model._batch_code(transform_batch)  # a batch the data has, before training
     except (ValueError, TypeError, KeyError) as err:
         raise UserError(_first_line(err)) from err
     _say(args, model.summary_string.splitlines()[0])
-    model.train(**train_kwargs(settings), enable_progress_bar=not args.quiet)
+    model.train(**train_kwargs, enable_progress_bar=not args.quiet)
     epochs = len(model.history["train_loss"])
 
     if "--save-model" in paths:
@@ -348,7 +348,7 @@ def _denoise(args: argparse.Namespace) -> int:
     # layers["zipo_denoised"] is mu times each cell's observed total (obs["zipo_observed_library"],
     # the denoised value the benchmarks score best); obs["zipo_predicted_library"] is the library
     # subnetwork's l. Only the layers the likelihood has are written (no zero_prob for Poisson/NB).
-    add_outputs(model, adata, library_size="observed", transform_batch=transform_batch)
+    store(adata, model.get_outputs(library_size="observed", transform_batch=transform_batch))
     adata.uns["zipo"] = uns
     _write_outputs(adata, paths, settings["setup"], label_key)
     write_text_atomic(dump_toml(settings, header), paths["--output (settings)"])
@@ -380,7 +380,7 @@ def _write_outputs(
 def _apply_model(args: argparse.Namespace, adata, source: str, paths, backed: bool) -> int:
     """``zipo denoise INPUT --model DIR``: the saved model's outputs on new cells, no training."""
     from . import __version__
-    from ._scale import add_outputs
+    from ._outputs import store
 
     model = _load_model(args.model, adata)
     _say(args, f"applying {model.summary_string.splitlines()[0]} from {args.model}")
@@ -409,7 +409,7 @@ def _apply_model(args: argparse.Namespace, adata, source: str, paths, backed: bo
             str(paths["--output"]), uns={"zipo": uns}, transform_batch=transform_batch
         )
     else:
-        add_outputs(model, adata, library_size="observed", transform_batch=transform_batch)
+        store(adata, model.get_outputs(library_size="observed", transform_batch=transform_batch))
         adata.uns["zipo"] = uns
         _write_outputs(adata, paths, setup, label_key)
     _say(args, f"applied the model (no training); wrote {', '.join(map(str, paths.values()))}")
@@ -428,19 +428,6 @@ SEARCH_BUDGET = (
 )
 
 
-def _flatten_train(train: dict[str, Any]) -> dict[str, Any]:
-    from ._config import PLAN_KEYS
-
-    train = dict(train)
-    plan = dict(train.pop("plan_kwargs", None) or {})
-    for key in PLAN_KEYS:
-        if key in plan:
-            train[key] = plan.pop(key)
-    if plan:
-        train["plan_kwargs"] = plan
-    return train
-
-
 def _tune(args: argparse.Namespace) -> int:
     _check_input(args)
     out = Path(args.output)
@@ -453,7 +440,8 @@ def _tune(args: argparse.Namespace) -> int:
 
     from . import __version__
     from ._config import ConfigError, dump_toml, merge, resolve
-    from ._tune import best_settings, tune
+    from ._settings import best_settings
+    from ._tune import tune
     from .data import write_text_atomic
 
     try:
@@ -485,7 +473,7 @@ def _tune(args: argparse.Namespace) -> int:
     trial = study.best_trial
     # the search's own budget (short max_epochs, whole-cell validation, ...) is not carried
     # over unless it was searched: `zipo denoise --config` then trains with the preset's schedule
-    train = _flatten_train(best["train_kwargs"])
+    train = dict(best["train_kwargs"])
     dropped = {k: train.pop(k) for k in SEARCH_BUDGET if k in train and k not in trial.params}
     chosen = {
         "model": {"preset": best["preset"], **best["model_kwargs"]},

@@ -76,15 +76,15 @@ def denoise(
     ...                      enable_progress_bar=False)
     >>> adata.layers["zipo_denoised"].shape, adata.obsm["X_zipo"].shape
     ((200, 100), (200, 8))
-    >>> sc.pp.neighbors(adata, use_rep="X_zipo")  # doctest: +SKIP
+    >>> sc.pp.neighbors(adata, use_rep="X_zipo")
     """
-    from . import __version__
     from ._model import ZIPO
-    from ._scale import add_outputs
-    from ._tune import _split_settings
+    from ._outputs import store
+    from ._settings import split_settings
+    from ._version import __version__
 
     adata = adata.copy() if copy else adata
-    _preset, model_kwargs, train_kwargs = _split_settings({"preset": preset, **kwargs})
+    _preset, model_kwargs, train_kwargs = split_settings({"preset": preset, **kwargs})
     ZIPO.setup_anndata(
         adata,
         layer=layer,
@@ -94,7 +94,7 @@ def denoise(
     )
     model = ZIPO(adata, preset=preset, seed=seed, **model_kwargs)
     model.train(seed=seed, **train_kwargs)
-    add_outputs(model, adata, library_size=library_size)
+    store(adata, model.get_outputs(adata, library_size=library_size))
     history = training_history(model)
     settings = {"preset": preset, "seed": seed, **model.hyperparameters, **kwargs}
     adata.uns["zipo"] = {

@@ -14,6 +14,8 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._outputs import FILE_OUTPUTS, OUTPUT_BY_KEY
+
 #: The first bytes of every HDF5 file (h5ad and 10x h5 files are HDF5).
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _GZIP_SIGNATURE = b"\x1f\x8b"
@@ -36,16 +38,6 @@ SUPPORTED_INPUTS = (
     ".h5ad, 10x .h5, a 10x mtx folder (or its matrix.mtx[.gz]), .csv, .tsv or .txt "
     "(optionally .gz)"
 )
-
-#: The AnnData keys the command line writes and the TSV files they become (DCA's layout).
-OUTPUT_KEYS = {
-    "denoised": ("layers", "zipo_denoised"),
-    "zero_prob": ("layers", "zipo_zero_prob"),
-    "dispersion": ("layers", "zipo_dispersion"),
-    "latent": ("obsm", "X_zipo"),
-    "predicted_library": ("obs", "zipo_predicted_library"),
-    "observed_library": ("obs", "zipo_observed_library"),
-}
 
 
 class InputError(ValueError):
@@ -71,8 +63,8 @@ def detect_format(path: str | os.PathLike) -> str:
 
     Examples
     --------
-    >>> detect_format("counts.csv.gz")  # doctest: +SKIP
-    'csv'
+    >>> detect_format("atlas.h5ad")
+    'h5ad'
     """
     p = Path(path)
     if not p.exists():
@@ -125,7 +117,7 @@ def read_counts(
     Examples
     --------
     >>> from zipo_scvi.data import read_counts
-    >>> adata = read_counts("matrix.csv", transpose=True)  # doctest: +SKIP
+    >>> adata = read_counts("atlas.h5ad")
     """
     p = Path(path)
     fmt = fmt or detect_format(p)
@@ -325,7 +317,7 @@ def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike) -> None:
 
     Examples
     --------
-    >>> write_h5ad_atomic(adata, "out.h5ad")  # doctest: +SKIP
+    >>> write_h5ad_atomic(adata, "out.h5ad")
     """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -351,7 +343,7 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> None:
 
     Examples
     --------
-    >>> write_text_atomic("seed = 0", "run.toml")  # doctest: +SKIP
+    >>> write_text_atomic("seed = 0", "run.toml")
     """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -393,7 +385,8 @@ def write_tsv_dir(
     Parameters
     ----------
     adata
-        AnnData holding the command line's output keys (see :data:`OUTPUT_KEYS`).
+        AnnData holding the command line's output keys (see
+        :data:`zipo_scvi._outputs.OUTPUTS`).
     directory
         Destination folder.
     overwrite
@@ -412,30 +405,28 @@ def write_tsv_dir(
 
     Examples
     --------
-    >>> write_tsv_dir(adata, "results/")  # doctest: +SKIP
+    >>> files = write_tsv_dir(adata, "results/")
     """
     out = Path(directory)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{str(out)!r} exists; pass overwrite=True to replace it")
-    for attr, key in (OUTPUT_KEYS["denoised"], OUTPUT_KEYS["latent"]):
+    for what in ("denoised", "latent"):
+        attr, key = OUTPUT_BY_KEY[what].slot, OUTPUT_BY_KEY[what].name
         if key not in getattr(adata, attr):
             raise KeyError(f"adata.{attr} has no {key!r}; run ZIPO (or `zipo denoise`) first")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    files = {"mean": "denoised", "dropout": "zero_prob", "dispersion": "dispersion"}
     try:
-        for name, what in files.items():
-            attr, key = OUTPUT_KEYS[what]
-            if key in getattr(adata, attr):
-                frame = pd.DataFrame(
-                    _dense(adata.layers[key]).T, index=adata.var_names, columns=adata.obs_names
-                )
-                frame.to_csv(tmp / f"{name}.tsv", sep="\t", float_format="%.6g")
-        latent = np.asarray(adata.obsm[OUTPUT_KEYS["latent"][1]])
-        columns = [f"latent_{i}" for i in range(latent.shape[1])]
-        pd.DataFrame(latent, index=adata.obs_names, columns=columns).to_csv(
-            tmp / "latent.tsv", sep="\t", float_format="%.6g"
-        )
+        for output in FILE_OUTPUTS:
+            if output.tsv is None or output.name not in getattr(adata, output.slot):
+                continue
+            values = _dense(getattr(adata, output.slot)[output.name])
+            if output.slot == "layers":  # genes x cells, like DCA's
+                frame = pd.DataFrame(values.T, index=adata.var_names, columns=adata.obs_names)
+            else:
+                columns = [f"latent_{i}" for i in range(values.shape[1])]
+                frame = pd.DataFrame(values, index=adata.obs_names, columns=columns)
+            frame.to_csv(tmp / output.tsv, sep="\t", float_format="%.6g")
         replace_path(tmp, out)
     finally:
         if tmp.exists():

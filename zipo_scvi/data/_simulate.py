@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
+
+from ._h5ad import CHUNK_CELLS, append_rows, atomic_h5ad, write_annotations
 
 
 def gene_base_means(rng: np.random.Generator, n_genes: int) -> np.ndarray:
@@ -126,26 +133,15 @@ def simulate_counts(
     >>> adata.shape
     (100, 50)
     """
-    if n_cells < 1 or n_genes < 1 or n_groups < 1 or n_batches < 1:
-        raise ValueError("n_cells, n_genes, n_groups and n_batches must all be at least 1.")
-    rng = np.random.default_rng(seed)
-    base = gene_base_means(rng, n_genes)
-    groups = rng.integers(0, n_groups, size=n_cells)
-    group_factors = de_factors(rng, n_groups, n_genes, de_prob, de_scale)
-    batches = rng.integers(0, n_batches, size=n_cells)
-    batch_factors = batch_effects(rng, n_batches, n_genes, batch_scale)
-    library = np.exp(rng.normal(library_mean, library_sd, size=n_cells))
-    rate = cell_rates(rng, base, group_factors[groups], batch_factors[batches], library, bcv)
-    counts = rng.poisson(rate).astype(np.float32)
-    if dropout_midpoint is not None:
-        logit = -dropout_shape * (np.log(rate + 1e-12) - dropout_midpoint)
-        keep = rng.random(counts.shape) >= 1 / (1 + np.exp(logit))
-        counts *= keep
-    obs = cell_obs(rng, groups, batches, library)
+    params = dict(locals())
+    params.pop("sparse")
+    sim = _Simulation(**params)
+    rate, counts = next(sim.blocks(n_cells))
+    obs = sim.obs()
     var = pd.DataFrame(index=[f"gene{j}" for j in range(n_genes)])
     adata = AnnData(sp.csr_matrix(counts) if sparse else counts, obs=obs, var=var)
     adata.layers["true_rate"] = rate.astype(np.float32)
-    adata.varm["batch_factors"] = batch_factors.T.astype(np.float32)
+    adata.varm["batch_factors"] = sim.batch_factors.T.astype(np.float32)
     adata.uns["simulation"] = {
         "seed": seed,
         "n_groups": n_groups,
@@ -154,3 +150,108 @@ def simulate_counts(
         "dropout_midpoint": dropout_midpoint,
     }
     return adata
+
+
+def simulate_to_h5ad(
+    path: str | os.PathLike, *args, chunk_size: int = CHUNK_CELLS, **kwargs
+) -> Path:
+    """Simulate counts straight to a CSR ``.h5ad``, one block of cells at a time.
+
+    The model and the parameters of :func:`simulate_counts` (same defaults), with the gene
+    programs drawn once and the cells' rates and counts drawn block by block, so memory grows
+    with ``chunk_size x n_genes`` and not with the cells. The true rates are not stored. With
+    ``chunk_size >= n_cells`` the counts and ``obs`` are those of :func:`simulate_counts` with
+    the same arguments.
+
+    Parameters
+    ----------
+    path
+        Output ``.h5ad``.
+    *args, **kwargs
+        The arguments of :func:`simulate_counts` (``n_cells``, ``n_genes``, ``n_groups``,
+        ``seed``, ...), except ``sparse``.
+    chunk_size
+        Cells simulated and written per block.
+
+    Returns
+    -------
+    The path written. ``X`` holds float32 CSR counts; ``obs`` has ``group``, ``batch``,
+    ``donor``, ``pct_mito`` and ``true_library``.
+
+    Examples
+    --------
+    >>> path = simulate_to_h5ad("sim.h5ad", n_cells=2_000, n_genes=500, chunk_size=500)
+    """
+    params = inspect.signature(simulate_counts).bind(*args, **kwargs)
+    params.apply_defaults()
+    if "sparse" in kwargs:
+        raise TypeError("simulate_to_h5ad always writes CSR counts; drop 'sparse'.")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, not {chunk_size}.")
+    arguments = {k: v for k, v in params.arguments.items() if k != "sparse"}
+    sim = _Simulation(**arguments)
+    var = pd.DataFrame(index=[f"gene{j}" for j in range(sim.n_genes)])
+    with atomic_h5ad(path) as f:
+        for start, (_, counts) in zip(range(0, sim.n_cells, chunk_size), sim.blocks(chunk_size)):
+            append_rows(f, "X", sp.csr_matrix(counts), first=start == 0)
+        write_annotations(f, obs=sim.obs(), var=var)
+    return Path(path)
+
+
+class _Simulation:
+    """The random draws of :func:`simulate_counts`: gene programs first, then cells in blocks.
+
+    The draws happen in one fixed order (programs, cell rates and counts block by block, then
+    ``obs``), so one block of all cells reproduces what :func:`simulate_counts` always drew.
+    """
+
+    def __init__(
+        self,
+        n_cells: int,
+        n_genes: int,
+        n_groups: int,
+        seed: int,
+        n_batches: int,
+        de_prob: float,
+        de_scale: float,
+        library_mean: float,
+        library_sd: float,
+        bcv: float,
+        dropout_midpoint: float | None,
+        dropout_shape: float,
+        batch_scale: float,
+    ):
+        if n_cells < 1 or n_genes < 1 or n_groups < 1 or n_batches < 1:
+            raise ValueError("n_cells, n_genes, n_groups and n_batches must all be at least 1.")
+        self.n_cells, self.n_genes, self.bcv = n_cells, n_genes, bcv
+        self.dropout_midpoint, self.dropout_shape = dropout_midpoint, dropout_shape
+        rng = self.rng = np.random.default_rng(seed)
+        self.base = gene_base_means(rng, n_genes)
+        self.groups = rng.integers(0, n_groups, size=n_cells)
+        self.group_factors = de_factors(rng, n_groups, n_genes, de_prob, de_scale)
+        self.batches = rng.integers(0, n_batches, size=n_cells)
+        self.batch_factors = batch_effects(rng, n_batches, n_genes, batch_scale)
+        self.library = np.exp(rng.normal(library_mean, library_sd, size=n_cells))
+
+    def blocks(self, chunk_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """True rates and float32 counts (after dropout) of ``chunk_size`` cells at a time."""
+        rng = self.rng
+        for start in range(0, self.n_cells, chunk_size):
+            cells = slice(start, min(start + chunk_size, self.n_cells))
+            rate = cell_rates(
+                rng,
+                self.base,
+                self.group_factors[self.groups[cells]],
+                self.batch_factors[self.batches[cells]],
+                self.library[cells],
+                self.bcv,
+            )
+            counts = rng.poisson(rate).astype(np.float32)
+            if self.dropout_midpoint is not None:
+                logit = -self.dropout_shape * (np.log(rate + 1e-12) - self.dropout_midpoint)
+                counts *= rng.random(counts.shape) >= 1 / (1 + np.exp(logit))
+            yield rate, counts
+
+    def obs(self) -> pd.DataFrame:
+        """The cells' annotations (drawn after the counts)."""
+        return cell_obs(self.rng, self.groups, self.batches, self.library)

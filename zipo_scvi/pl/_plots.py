@@ -96,7 +96,7 @@ def history(
     Examples
     --------
     >>> from zipo_scvi import pl
-    >>> fig = pl.history(model)  # doctest: +SKIP
+    >>> fig = pl.history(model)
     """
     table = _history_table(source)
     best = _best_epoch(table, metrics)
@@ -176,7 +176,8 @@ def embedding(
 
     Examples
     --------
-    >>> fig = pl.embedding(adata, color="group", basis="tsne")  # doctest: +SKIP
+    >>> from zipo_scvi import pl
+    >>> fig = pl.embedding(adata, color="group", basis="tsne")
     """
     import scanpy as sc
 
@@ -280,7 +281,8 @@ def denoised_vs_raw(
 
     Examples
     --------
-    >>> fig = pl.denoised_vs_raw(adata, genes=["gene_0", "gene_1"])  # doctest: +SKIP
+    >>> from zipo_scvi import pl
+    >>> fig = pl.denoised_vs_raw(adata, genes=["gene0", "gene1"])
     """
     if denoised_layer not in adata.layers:
         raise KeyError(f"adata.layers has no {denoised_layer!r}")
@@ -333,7 +335,8 @@ def zero_inflation(
 
     Examples
     --------
-    >>> fig = pl.zero_inflation(adata)  # doctest: +SKIP
+    >>> from zipo_scvi import pl
+    >>> fig = pl.zero_inflation(adata)
     """
     if zero_prob_layer not in adata.layers:
         raise KeyError(f"adata.layers has no {zero_prob_layer!r}")
@@ -397,7 +400,8 @@ def report(
 
     Examples
     --------
-    >>> pl.report(adata, "report/", color="group")  # doctest: +SKIP
+    >>> from zipo_scvi import pl
+    >>> paths = pl.report(adata, "report/", color="group", model=model)
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)

@@ -75,9 +75,9 @@ def weight_histogram(
     Examples
     --------
     >>> from zipo_scvi import pl
-    >>> w = model.module.encoder.first.weight.detach().numpy().copy()  # doctest: +SKIP
-    >>> model.prune(delta=1e-4)  # doctest: +SKIP
-    >>> fig = pl.weight_histogram(w, model)  # doctest: +SKIP
+    >>> w = model.module.encoder.first.weight.detach().numpy().copy()
+    >>> report = model.prune(delta=1e-4)
+    >>> fig = pl.weight_histogram(w, model)
     """
     fig, ax = _axes(ax, (5, 3.5))
     sets = {"before pruning": _normalized(before)}
@@ -129,7 +129,7 @@ def sparsity_curve(
     Examples
     --------
     >>> from zipo_scvi import pl
-    >>> fig = pl.sparsity_curve(model.first_layer_sparsity())  # doctest: +SKIP
+    >>> fig = pl.sparsity_curve(model.first_layer_sparsity())
     """
     fig, ax = _axes(ax, (5, 3.5))
     for label, series in _labelled(curves, pd.Series).items():
@@ -169,7 +169,7 @@ def pruning_curve(
     Examples
     --------
     >>> from zipo_scvi import pl
-    >>> fig = pl.pruning_curve(model.pruning_curve())  # doctest: +SKIP
+    >>> fig = pl.pruning_curve(model.pruning_curve())
     """
     if axes is None:
         fig = Figure(figsize=(9, 3.5), layout="constrained")

@@ -49,7 +49,7 @@ def seed_comparison(
     """
     import matplotlib.pyplot as plt
 
-    from .._tune import summarize_seeds
+    from .._metrics import summarize_seeds
 
     summary = summarize_seeds(table)
     metrics = list(dict.fromkeys(summary["metric"])) if metrics is None else list(metrics)

@@ -1,0 +1,223 @@
+"""How denoising is scored, written once for the package and the benchmarks.
+
+Molecular cross-validation (Batson et al. 2019): every cell's molecules are split by binomial
+thinning (:func:`thin_counts`), a model is trained on one part, and its denoised expression is
+scored against the held-out part (:func:`mcv_poisson`, :func:`log_normalised_mse`); on simulated
+data, against the true rates (:func:`truth_scores`). Repeated runs are summarised as the mean with
+the paper's error bar ``lambda * SEM`` (II-H; :func:`mean_error`, :func:`summarize_seeds`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ._defaults import ERROR_BAR_LAMBDA
+
+
+def _dense(x: Any) -> np.ndarray:
+    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+
+
+def thin_counts(
+    counts: Any, fraction: float, seed: int | np.random.Generator
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Split counts by binomial thinning: ``X ~ Binomial(n, fraction)``, ``Y = n - X``.
+
+    Counts are rounded first. Each stored count is thinned in row-major order, so a dense and a
+    sparse copy of the same counts give the same split.
+
+    Parameters
+    ----------
+    counts
+        Cells x genes counts (dense or sparse).
+    fraction
+        Share of the molecules kept in ``X``, in ``(0, 1)``.
+    seed
+        Seed or generator of the thinning.
+
+    Returns
+    -------
+    ``(X, Y)`` as float64 CSR matrices (``X`` without explicit zeros).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x, y = thin_counts(np.array([[3.0, 0.0], [1.0, 5.0]]), 0.5, seed=0)
+    >>> (x + y).toarray()
+    array([[3., 0.],
+           [1., 5.]])
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must lie in (0, 1), not {fraction}.")
+    counts = sp.csr_matrix(counts, dtype=np.float64)
+    counts.sort_indices()
+    counts.data = np.rint(counts.data)
+    if (counts.data < 0).any():
+        raise ValueError("Binomial thinning needs non-negative counts.")
+    rng = np.random.default_rng(seed)
+    kept = counts.copy()
+    kept.data = rng.binomial(counts.data.astype(np.int64), fraction).astype(np.float64)
+    held_out = counts - kept
+    kept.eliminate_zeros()
+    return kept, sp.csr_matrix(held_out)
+
+
+def log_normalise(x: Any, target_sum: float = 1e4) -> np.ndarray:
+    """``log1p`` of the counts scaled to ``target_sum`` per cell (cells without counts: 0)."""
+    x = _dense(x)
+    total = x.sum(axis=1, keepdims=True)
+    scale = np.divide(target_sum, total, out=np.zeros_like(total), where=total > 0)
+    return np.log1p(x * scale)
+
+
+def mcv_poisson(denoised: Any, kept: Any, held_out: Any) -> float:
+    """Poisson loss of denoised expression against held-out molecules (lower is better).
+
+    ``D' = D * sum(Y) / sum(X)``; the loss is the mean over cells and genes of
+    ``D' - Y log(D' + 1e-6)`` (Batson et al. 2019).
+
+    Parameters
+    ----------
+    denoised
+        ``D``: cells x genes, on the count scale of the kept molecules ``X``.
+    kept, held_out
+        ``X`` and ``Y`` (dense or sparse, same shape as ``denoised``).
+
+    Returns
+    -------
+    The loss.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x, y = np.array([[2.0, 0.0], [1.0, 3.0]]), np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> mcv_poisson(x, x, y) < mcv_poisson(np.ones((2, 2)), x, y)
+    True
+    """
+    d, y = _dense(denoised), _dense(held_out)
+    if d.shape != y.shape:
+        raise ValueError(f"denoised {d.shape} and held-out {y.shape} differ in shape.")
+    total = float(kept.sum())
+    if total <= 0:
+        raise ValueError("The kept counts are all zero.")
+    scaled = d * (float(y.sum()) / total)
+    return float(np.mean(scaled - y * np.log(scaled + 1e-6)))
+
+
+def log_normalised_mse(denoised: Any, other: Any, target_sum: float = 1e4) -> float:
+    """MSE between two matrices after :func:`log_normalise` (held-out molecules or truth).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> log_normalised_mse(np.ones((2, 3)), 5 * np.ones((2, 3)))
+    0.0
+    """
+    a, b = log_normalise(denoised, target_sum), log_normalise(other, target_sum)
+    if a.shape != b.shape:
+        raise ValueError(f"denoised {a.shape} and {b.shape} differ in shape.")
+    return float(np.mean((a - b) ** 2))
+
+
+def truth_scores(denoised: Any, true_rate: Any) -> dict[str, float]:
+    """Denoised expression against a simulation's true rates, both log-normalised.
+
+    Returns
+    -------
+    ``{"mse_truth": ..., "corr_truth": ...}``: the mean squared difference and the Pearson
+    correlation over all entries (lower and higher are better).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> truth = np.array([[1.0, 3.0], [2.0, 2.0]])
+    >>> truth_scores(truth * 5, truth)["mse_truth"] < 1e-12
+    True
+    """
+    a, b = log_normalise(denoised), log_normalise(true_rate)
+    if a.shape != b.shape:
+        raise ValueError(f"denoised {a.shape} and truth {b.shape} differ in shape.")
+    corr = float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+    return {"mse_truth": float(np.mean((a - b) ** 2)), "corr_truth": corr}
+
+
+def mean_error(values: Any) -> tuple[float, float]:
+    """Mean and the paper's error bar ``lambda * SEM`` (II-H; ``nan`` for one value).
+
+    Examples
+    --------
+    >>> mean, error = mean_error([1.0, 3.0])
+    >>> mean, round(error, 3)
+    (2.0, 1.645)
+    """
+    v = np.asarray(values, dtype=np.float64)
+    sem = v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else np.nan
+    return float(v.mean()), float(ERROR_BAR_LAMBDA * sem)
+
+
+def summarize(frame: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
+    """Mean and the paper's error bar ``lambda * SEM`` of each column, per group of rows.
+
+    Parameters
+    ----------
+    frame
+        One row per run.
+    by
+        Columns that name a group (kept in the frame's order).
+    columns
+        Columns to summarise.
+
+    Returns
+    -------
+    Two-level columns: ``("mean", column)``, ``("err", column)`` (``nan`` for one run) and
+    ``("n", "")``; one row per group.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> runs = pd.DataFrame({"method": ["a", "a", "b"], "nll": [1.0, 3.0, 2.0]})
+    >>> summarize(runs, ["method"], ["nll"])["mean"]["nll"].tolist()
+    [2.0, 2.0]
+    """
+    grouped = frame.groupby(by, sort=False)[columns]
+    out = pd.concat({"mean": grouped.mean(), "err": grouped.sem() * ERROR_BAR_LAMBDA}, axis=1)
+    out[("n", "")] = grouped.size()
+    return out
+
+
+def summarize_seeds(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean, SEM and the paper's error bar per configuration and metric of a seed comparison.
+
+    Parameters
+    ----------
+    table
+        Tidy table of :func:`zipo_scvi.compare_seeds` (columns ``config``, ``seed``,
+        ``metric``, ``value``).
+
+    Returns
+    -------
+    Columns ``config``, ``metric``, ``mean``, ``sem`` (0 for one seed), ``error``
+    (``ERROR_BAR_LAMBDA * sem``, paper II-H) and ``n``; configurations in the table's order.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"config": ["a", "a"], "seed": [0, 1], "metric": "nll",
+    ...                   "value": [1.0, 3.0]})
+    >>> float(summarize_seeds(t)["mean"].iloc[0])
+    2.0
+    """
+    wide = summarize(table, ["config", "metric"], ["value"])
+    summary = pd.DataFrame(
+        {
+            "mean": wide[("mean", "value")],
+            "error": wide[("err", "value")].fillna(0.0),
+            "n": wide[("n", "")],
+        }
+    ).reset_index()
+    summary["sem"] = summary["error"] / ERROR_BAR_LAMBDA
+    return summary[["config", "metric", "mean", "sem", "error", "n"]]
