@@ -5,6 +5,7 @@ callbacks that say what training is doing (a progress bar and an end-of-training
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
@@ -343,8 +344,9 @@ class TrainingReport(Callback):
         for callback in stoppers:  # said below, in words
             if hasattr(callback, "early_stopping_reason"):
                 callback.early_stopping_reason = None
-        history = getattr(trainer.logger, "history", {}) or {}
-        frame = history.get(self.monitor)
+        # scvi's logger keeps the history on rank 0 only (other ranks get a placeholder)
+        history = getattr(trainer.logger, "history", None)
+        frame = history.get(self.monitor) if isinstance(history, Mapping) else None
         epochs = trainer.current_epoch
         name, meaning = self.words
         if stopped:

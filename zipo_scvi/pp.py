@@ -69,6 +69,7 @@ def denoise(
 
     Examples
     --------
+    >>> import scanpy as sc
     >>> import zipo_scvi
     >>> from zipo_scvi.data import simulate_counts
     >>> adata = simulate_counts(n_cells=200, n_genes=100, seed=0)

@@ -231,8 +231,9 @@ def informative_genes(adata: AnnData, layer: str | None = None, n: int = 4) -> l
 
     Examples
     --------
-    >>> informative_genes(adata, n=4)  # doctest: +SKIP
-    ['CD74', 'NKG7', 'LYZ', 'GNLY']
+    >>> genes = informative_genes(adata, n=4)  # e.g. ['CD74', 'NKG7', 'LYZ', 'GNLY'] in PBMCs
+    >>> len(genes)
+    4
     """
     import scanpy as sc
 
