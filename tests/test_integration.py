@@ -182,3 +182,38 @@ def test_cli_transform_batch_and_report_coloured_by_batch_and_label(tmp_path, h5
     np.testing.assert_allclose(projected[~in_0], plain[~in_0], rtol=1e-4, atol=1e-6)
     assert not np.allclose(projected[in_0], plain[in_0])
     assert (report / "latent_umap.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------ the benchmark's scores
+def test_benchmark_split_thins_sample_b_by_the_recorded_factors():
+    import pandas as pd
+
+    from benchmarks.integration import _ratio_r, _split_and_thin
+
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(20.0, size=(400, 50)).astype(np.float32)
+    adata = anndata.AnnData(counts, obs=pd.DataFrame({"kind": ["x"] * 400}))
+    out = _split_and_thin(adata, "kind", seed=0)
+    samples = out.obs["sample"].astype(str).to_numpy()
+    assert set(samples) == {"A", "B"} and out.var["log_truth"].max() <= 0
+    x = out.X.toarray()
+    ok = np.ones(out.n_vars, dtype=bool)
+    assert _ratio_r(x, samples, out.var["log_truth"].to_numpy(), ok) > 0.95
+    uniform = np.ones_like(x) + rng.random(x.shape) * 0.01  # nothing of the distortion left
+    assert abs(_ratio_r(uniform, samples, out.var["log_truth"].to_numpy(), ok)) < 0.5
+
+
+def test_benchmark_mixing_scores_tell_separated_from_mixed_samples():
+    from benchmarks.integration import same_sample_share, scib_scores
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["t1", "t2"], 100)
+    samples = np.tile(["A", "B"], 100)
+    base = rng.normal(size=(200, 4))
+    base[:, 1] += 8.0 * (labels == "t2")
+    separated = base.copy()
+    separated[:, 0] += 8.0 * (samples == "B")
+    assert same_sample_share(base, samples) < 0.65 < 0.95 < same_sample_share(separated, samples)
+    mixed, apart = scib_scores(base, samples, labels), scib_scores(separated, samples, labels)
+    assert mixed["ilisi"] > apart["ilisi"] and mixed["kbet"] > apart["kbet"]
+    assert mixed["ari"] > 0.9
