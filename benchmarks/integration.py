@@ -49,13 +49,13 @@ from benchmarks._harness import (
     REPO,
     _counts_only,
     _dense,
-    _log_norm,
     code_state,
     machine_info,
     mcv_split,
     score_mcv,
     update_readme_section,
 )
+from zipo_scvi._metrics import log_normalise as _log_norm
 
 OUT = REPO / "benchmarks" / "results" / "integration"
 SAMPLE = "sample"
