@@ -1,32 +1,41 @@
-"""The paper's sparsity claim (III-E, Fig. 10): how much of the first layer can be pruned.
+"""A sparse first layer on real data with all detected genes: pruning, held-out loss, modules.
 
 Usage (from the repository root)::
 
-    nice -n 10 python benchmarks/sparsity.py                 # train what is missing, then render
-    python benchmarks/sparsity.py --render-only              # rebuild table, figure and docs page
+    nice -n 10 python benchmarks/sparsity.py pbmc3k immune559 sim hgmm1k --seeds 0
+    python benchmarks/sparsity.py --render-only      # rebuild tables, figures and the docs page
 
-For alpha_w in {0, 0.01, 0.1, 1} and several seeds, trains ZIPO with the paper preset (ZIP,
-sigmoid -> BatchNorm, log1p input, full residuals, alpha_z = 0.1, the paper's schedule with
-plateau and early stopping on validation cells) on simulated counts, then measures the share of
-first-layer weights below delta (after dividing each neuron's weights by its largest), the
-NLL and MSE of rates on the validation cells after pruning at each delta, and prunes at
-delta = 1e-4. The encoder is shrunk to 512-256-128 (one of the paper's searched structures,
-III-H) to keep CPU time reasonable. Diagnostic variants at alpha_w = 0.1 test why the paper's
-number does or does not reproduce (minibatch size; the reading of ``E[log L]``).
+For each dataset (every gene detected in at least one cell; the simulator of the denoising
+benchmark) and seed: the molecules are split 90/10 by binomial thinning (MCV, ``_harness``);
+ZIPO with the default preset is trained on the 90% (the "dense" model, cached on disk so that
+every pruning variant starts from the same weights); then, scored by the held-out-molecule
+Poisson loss of ``_harness.score_mcv`` on the same split:
 
-Also times the first layer's sparse (CSR) inference path against the dense one.
+- one-shot magnitude pruning of the dense model at several shares of zeros, without
+  fine-tuning, scoring weights by ``|w| * std(input)`` and by ``|w|``;
+- the paper's procedure, ``prune(delta=1e-4)`` (one shot, normalised weights);
+- ``model.prune()`` (gradual pruning to 90% with fine-tuning, ``|w| * std(input)``), and the
+  same with ``|w|`` alone;
+- the gene modules' coherence (``ZIPO.gene_module_coherence``: top-10 genes per first-layer
+  neuron, mean pairwise correlation of log-normalised expression against detection-matched
+  random gene sets) and LDVAE's (scvi-tools ``LinearSCVI``, top-10 genes of each latent's
+  loadings) on the same data;
+- which modules carry which cell group's marker genes (pbmc3k: Leiden clusters of the
+  log-normalised counts; hgmm1k: species), and the time of inference and of a training epoch
+  with the pruned first layer.
 
-Writes ``benchmarks/results/sparsity/{runs.json,table.md,sparsity.png,speed.md}`` and the docs page
-section between ``<!-- BEGIN:sparsity -->`` and ``<!-- END:sparsity -->``.
+Writes ``benchmarks/results/sparsity/{rows_<data>_<seed>.json,table.md,sparsity.png,
+modules.png,speed_model.md}`` and the page ``docs/sparsity.md`` (with the paper-preset
+study of ``benchmarks/sparsity_paper.py`` and its CSR timings).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -34,524 +43,577 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._harness import machine_info, update_docs_section
-from zipo_scvi._defaults import ERROR_BAR_LAMBDA, PRUNE_DELTA
-from zipo_scvi._metrics import mean_error
+from benchmarks._harness import (
+    SIM_DEFAULTS,
+    _counts_only,
+    _epochs,
+    machine_info,
+    mcv_split,
+    score_mcv,
+    update_docs_section,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "benchmarks" / "results" / "sparsity"
-DATA = {"n_cells": 3000, "n_genes": 2000, "seed": 0}
-ENCODER = (512, 256, 128)
-MAX_EPOCHS = 150
-ALPHAS = (0.0, 0.01, 0.1, 1.0)
-DELTAS = tuple(float(d) for d in np.logspace(-8, -1, 15))
-HIST_EDGES = np.logspace(-12, 0, 49)
-
-#: variant -> (label, model kwargs, train kwargs, alphas, most seeds). The first is the paper
-#: preset; the diagnostics (8x more Adam steps per epoch; the NLL read as a mean over genes;
-#: all 150 epochs at the learning-rate floor) run on fewer seeds to keep the CPU time reasonable.
-VARIANTS: dict[str, tuple[str, dict, dict, tuple[float, ...], int | None]] = {
-    "paper": ("paper preset (batch 256)", {}, {}, ALPHAS, None),
-    "batch32": ("paper preset, batch 32", {}, {"batch_size": 32}, (0.1,), 2),
-    "gene_mean": (
-        "NLL averaged over genes (alpha_z, alpha_w x n_genes), batch 32",
-        {"alpha_z": 0.1 * DATA["n_genes"]},
-        {"batch_size": 32},
-        (0.1,),
-        2,
-    ),
-    "long": (
-        "paper preset, 150 epochs, no plateau cuts or early stopping",
-        {},
-        {"early_stopping": False, "plan_kwargs": {"lr_patience": 10**6}},
-        (0.1,),
-        2,
-    ),
-}
+CACHE = Path(os.environ.get("ZIPO_SCVI_DATA", "~/.cache/zipo_scvi")).expanduser() / "sparsity"
+ONE_SHOT = (0.5, 0.8, 0.9, 0.95, 0.98)
+GRADUAL = (("input", 0.9), ("plain", 0.9))
+N_TOP = 10
+COHERENCE = {"n_random": 200, "max_cells": 2000, "seed": 0}
+LDVAE_EPOCHS = 300
+MARKER_GROUPS = {"pbmc3k": "leiden", "hgmm1k": "species"}
+N_MARKERS = 25
 
 
-def _key(variant: str, alpha: float, seed: int) -> str:
-    return f"{variant}|{alpha:g}|{seed}"
+def load(name: str):
+    """Counts with every detected gene (the simulator: the denoising benchmark's)."""
+    from zipo_scvi.data import simulate_counts
+    from zipo_scvi.data._real import load_hgmm1k, load_immune559, load_pbmc3k
+
+    if name == "sim":
+        return simulate_counts(**SIM_DEFAULTS, seed=0)
+    adata = {"pbmc3k": load_pbmc3k, "immune559": load_immune559, "hgmm1k": load_hgmm1k}[name]()
+    adata.var_names_make_unique()
+    return adata
 
 
-def train_one(variant: str, alpha: float, seed: int) -> dict:
-    """Train one model, measure its sparsity and pruning curves, prune at 1e-4."""
+def _quiet():
+    import logging
     import warnings
 
     warnings.filterwarnings("ignore")
-    import logging
-
-    logging.getLogger("lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    for name in ("lightning", "lightning.pytorch", "scvi"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     import torch
 
     torch.set_num_threads(1)
-    from zipo_scvi import ZIPO
-    from zipo_scvi._sparsity import normalized_weights
-    from zipo_scvi.data import simulate_counts
 
-    _, model_kwargs, train_kwargs, _, _ = VARIANTS[variant]
-    adata = simulate_counts(**DATA)
-    ZIPO.setup_anndata(adata)
-    alpha_w = alpha * (DATA["n_genes"] if variant == "gene_mean" else 1.0)
-    model = ZIPO(
-        adata, preset="paper", encoder_sizes=ENCODER, alpha_w=alpha_w, seed=seed, **model_kwargs
+
+def _change(value: float, base: float) -> float:
+    """Relative change of a held-out loss against the dense model's."""
+    return (value - base) / abs(base)
+
+
+def _mcv(model, train, test) -> float:
+    denoised = model.get_normalized_expression(library_size="observed", return_numpy=True)
+    return score_mcv(denoised, test, train)["poisson"]
+
+
+def _dense(name: str, seed: int, train):
+    """The dense default-preset model of this split, trained once and cached on disk."""
+    from zipo_scvi import ZIPO
+
+    path = CACHE / f"{name}_{seed}"
+    adata = _counts_only(train)
+    if not (path / "model.pt").exists():
+        ZIPO.setup_anndata(adata)
+        model = ZIPO(adata, seed=seed)
+        start = time.perf_counter()
+        model.train(seed=seed, enable_progress_bar=False)
+        seconds = time.perf_counter() - start
+        model.save(str(path), overwrite=True)
+        np.savez(
+            path / "split.npz",
+            train=model.train_indices,
+            validation=model.validation_indices,
+            test=model.test_indices,
+            seconds=seconds,
+            epochs=len(model.history["train_loss"]),
+        )
+    model = ZIPO.load(str(path), adata=adata)
+    split = np.load(path / "split.npz")
+    model.train_indices, model.validation_indices = split["train"], split["validation"]
+    model.test_indices = split["test"]
+    return model, {"seconds": float(split["seconds"]), "epochs": int(split["epochs"])}
+
+
+def _one_shot(model, train, test, sparsity: float, scale) -> float:
+    """Held-out Poisson after one-shot magnitude pruning; the model is restored."""
+    import torch
+
+    from zipo_scvi._sparsity import magnitude_mask
+
+    layer = model.module.encoder.first
+    saved = layer.weight.detach().clone()
+    try:
+        keep = magnitude_mask(layer, sparsity, scale)
+        with torch.no_grad():
+            layer.weight.mul_(keep)
+        return _mcv(model, train, test)
+    finally:
+        with torch.no_grad():
+            layer.weight.copy_(saved)
+
+
+def _coherence(model, weigh_by_input: bool) -> tuple[float, pd.DataFrame]:
+    table = model.gene_module_coherence(N_TOP, weigh_by_input=weigh_by_input, **COHERENCE)
+    return float(table["coherent"].mean()), table
+
+
+def _ldvae(train, test, seed: int) -> dict:
+    """LDVAE (scvi-tools LinearSCVI, its defaults): held-out Poisson and loadings' coherence."""
+    import scvi
+    from scvi.model import LinearSCVI
+
+    from zipo_scvi._sparsity import log_normalized, module_coherence
+
+    adata = _counts_only(train)
+    scvi.settings.seed = seed
+    LinearSCVI.setup_anndata(adata)
+    model = LinearSCVI(adata)
+    start = time.perf_counter()
+    model.train(
+        max_epochs=LDVAE_EPOCHS,
+        early_stopping=True,
+        check_val_every_n_epoch=1,
+        enable_progress_bar=False,
     )
-    cpu, wall = time.process_time(), time.time()
-    model.train(max_epochs=MAX_EPOCHS, enable_progress_bar=False, seed=seed, **train_kwargs)
-    cpu, wall = time.process_time() - cpu, time.time() - wall
-    weight = model.module.encoder.first.weight.detach()
-    magnitude = np.abs(normalized_weights(weight)).ravel()
-    sparsity = model.first_layer_sparsity(DELTAS)
-    curve = model.pruning_curve(DELTAS)
-    report = model.prune(PRUNE_DELTA)
+    seconds = time.perf_counter() - start
+    denoised = model.get_normalized_expression(library_size="latent", return_numpy=True)
+    loadings = model.get_loadings()
+    sets = [np.argsort(-np.abs(loadings[c].to_numpy()))[:N_TOP] for c in loadings.columns]
+    table = module_coherence(log_normalized(adata.X), sets, **COHERENCE)
     return {
-        "variant": variant,
-        "alpha_w": alpha,
-        "alpha_w_model": alpha_w,
-        "seed": seed,
-        "epochs": len(model.history["validation_loss"]),
-        "cpu_s": cpu,
-        "wall_s": wall,
-        "sparsity": sparsity.tolist(),
-        "curve": curve.reset_index().to_dict(orient="list"),
-        "report": report,
-        "hist": np.histogram(magnitude[magnitude > 0], HIST_EDGES)[0].tolist(),
-        "hist_zero": int((magnitude == 0).sum()),
-        "median_abs_w": float(weight.abs().median()),
-        "median_max_abs_w": float(weight.abs().max(dim=1).values.median()),
+        "method": "LDVAE (LinearSCVI)",
+        "poisson": score_mcv(denoised, test, train)["poisson"],
+        "coherent": float(table["coherent"].mean()),
+        "n_modules": len(sets),
+        "seconds": seconds,
+        "epochs": _epochs(model),
+        "modules": [",".join(adata.var_names[s]) for s in sets],
     }
 
 
-# ---------------------------------------------------------------------- speed
-def time_inference(repeats: int = 30) -> pd.DataFrame:
-    """Dense vs CSR first layer at inference, one thread, interleaved, fastest of repeats.
+def _markers(adata, name: str) -> dict[str, list[str]] | None:
+    """Top marker genes of each cell group (scanpy ``rank_genes_groups``, t-test)."""
+    import scanpy as sc
 
-    The fastest repeat, not the median: the machine is shared, and other jobs only ever add
-    time to a run.
-    """
+    if name not in MARKER_GROUPS:
+        return None
+    data = adata.copy()
+    sc.pp.normalize_total(data, target_sum=1e4)
+    sc.pp.log1p(data)
+    key = MARKER_GROUPS[name]
+    if key == "leiden":
+        hvg = sc.pp.highly_variable_genes(data, n_top_genes=2000, inplace=False)
+        sub = data[:, hvg["highly_variable"].to_numpy()].copy()
+        sc.pp.pca(sub, n_comps=30, random_state=0)
+        sc.pp.neighbors(sub, random_state=0)
+        sc.tl.leiden(sub, resolution=0.5, random_state=0, flavor="igraph", n_iterations=2)
+        data.obs["leiden"] = sub.obs["leiden"].to_numpy()
+    else:
+        data = data[data.obs[key].isin(["hg19", "mm10"])].copy()
+        data.obs[key] = data.obs[key].astype(str).astype("category")
+    sc.tl.rank_genes_groups(data, key, method="t-test")
+    names = pd.DataFrame(data.uns["rank_genes_groups"]["names"])
+    return {f"{g}: {names[g].iloc[0]}": names[g].iloc[:N_MARKERS].tolist() for g in names}
+
+
+def _speed(model, dense_state, train) -> dict:
+    """Inference (latents of all cells) and one training epoch, dense vs pruned first layer."""
     import torch
 
-    from zipo_scvi._sparsity import SparseMaskedLinear
-
-    torch.set_num_threads(1)
-    gen = torch.Generator().manual_seed(0)
-    rows = []
-    n_genes, batch = DATA["n_genes"], 256
-    x = torch.log1p(torch.poisson(torch.full((batch, n_genes), 0.9), generator=gen))
-    for n_out in (2048, ENCODER[0]):
-        for density in (0.01, 0.02, 0.05, 0.1, 0.2):
-            layer = SparseMaskedLinear(n_genes, n_out).eval()
-            mask = (torch.rand(n_out, n_genes, generator=gen) < density).float()
-            with torch.no_grad():
-                layer.weight.mul_(mask)
-            layer.mask = mask
-            times: dict[str, list[float]] = {"dense": [], "sparse": []}
-            with torch.inference_mode():
-                layer.max_density = 1.0
-                out_sparse = layer(x)
-                layer.max_density = 0.0
-                out_dense = layer(x)
-                for _ in range(repeats):
-                    for name, max_density in (("dense", 0.0), ("sparse", 1.0)):
-                        layer.max_density = max_density
-                        layer.sparse_weight()  # conversion is cached, not timed
-                        start = time.perf_counter()
-                        layer(x)
-                        times[name].append(time.perf_counter() - start)
-            rows.append(
-                {
-                    "layer": f"{n_genes} -> {n_out}",
-                    "density": density,
-                    "dense_ms": 1e3 * min(times["dense"]),
-                    "sparse_ms": 1e3 * min(times["sparse"]),
-                    "max_abs_diff": float((out_sparse - out_dense).abs().max()),
-                }
-            )
-    rows += _time_encoder(x, gen, repeats)
-    table = pd.DataFrame(rows)
-    table["speedup"] = table["dense_ms"] / table["sparse_ms"]
-    return table
-
-
-def _time_encoder(x, gen, repeats: int) -> list[dict]:
-    """The whole paper encoder (2048-1024-512-256-128, full residuals) with a pruned layer."""
-    import torch
-
-    from zipo_scvi import ZiPoModule
     from zipo_scvi._sparsity import use_sparse_inference
 
-    module = ZiPoModule(x.shape[1]).eval()
-    layer = use_sparse_inference(module)
-    rows = []
-    for density in (0.02, 0.05):
-        mask = (torch.rand(layer.weight.shape, generator=gen) < density).float()
-        with torch.no_grad():
-            layer.weight.mul_(mask)
-        layer.mask = mask
-        times: dict[str, list[float]] = {"dense": [], "sparse": []}
-        outs = {}
-        with torch.inference_mode():
-            for _ in range(repeats):
-                for name, max_density in (("dense", 0.0), ("sparse", 1.0)):
-                    layer.max_density = max_density
-                    layer.sparse_weight()
-                    start = time.perf_counter()
-                    outs[name] = module.inference(x)["z"]
-                    times[name].append(time.perf_counter() - start)
-        rows.append(
-            {
-                "layer": "paper encoder, whole",
-                "density": density,
-                "dense_ms": 1e3 * min(times["dense"]),
-                "sparse_ms": 1e3 * min(times["sparse"]),
-                "max_abs_diff": float((outs["sparse"] - outs["dense"]).abs().max()),
-            }
+    def time_latent(repeats: int = 3) -> float:
+        best = np.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model.get_latent_representation()
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    pruned_state = {k: v.clone() for k, v in model.module.state_dict().items()}
+    layer = use_sparse_inference(model.module, max_density=1.0)
+    out = {"pruned_csr_s": time_latent()}
+    layer.max_density = 0.0
+    out["pruned_dense_s"] = time_latent()
+    mask = layer.mask
+    layer.mask = None
+    model.module.load_state_dict(
+        {k: v for k, v in dense_state.items() if k != "encoder.first.mask"}
+    )
+    out["dense_s"] = time_latent()
+    for label in ("dense", "pruned"):
+        if label == "pruned":
+            layer.mask = mask
+            model.module.load_state_dict(pruned_state)
+        start = time.perf_counter()
+        model.train(max_epochs=1, early_stopping=False, enable_progress_bar=False)
+        out[f"{label}_epoch_s"] = time.perf_counter() - start
+    with torch.no_grad():
+        model.module.load_state_dict(pruned_state)
+    return out
+
+
+def run(name: str, seed: int) -> None:
+    """Every measurement of one dataset and seed; writes ``rows_<name>_<seed>.json``."""
+    _quiet()
+    import torch
+
+    from zipo_scvi._sparsity import prune_mask
+
+    path = OUT / f"rows_{name}_{seed}.json"
+    adata = load(name)
+    train, test = mcv_split(adata, 0.9, seed)
+    model, fit = _dense(name, seed, train)
+    dense_state = {k: v.clone() for k, v in model.module.state_dict().items()}
+    n_weights = model.module.encoder.first.weight.numel()
+    base = _mcv(model, train, test)
+    rows = [{"method": "dense", "sparsity": 0.0, "poisson": base, **fit}]
+    for weigh in (False, True):
+        share, _ = _coherence(model, weigh)
+        rows[0][f"coherent_{'input' if weigh else 'plain'}"] = share
+    scale = model.input_scale()
+    curves = []
+    for kind, s in [(k, s) for k in ("input", "plain") for s in ONE_SHOT]:
+        value = _one_shot(model, train, test, s, scale if kind == "input" else None)
+        curves.append({"kind": kind, "sparsity": s, "poisson": value})
+        print(f"{name} {seed} one-shot {kind} {s}: {_change(value, base):+.4%}", flush=True)
+    # the paper's procedure: one shot at delta = 1e-4 of each neuron's largest weight
+    keep = prune_mask(model.module.encoder.first.effective_weight().detach(), 1e-4)
+    layer = model.module.encoder.first
+    with torch.no_grad():
+        saved = layer.weight.detach().clone()
+        layer.weight.mul_(torch.as_tensor(keep, dtype=layer.weight.dtype))
+        paper = _mcv(model, train, test)
+        layer.weight.copy_(saved)
+    rows.append(
+        {"method": "paper: prune(delta=1e-4)", "sparsity": 1 - keep.mean(), "poisson": paper}
+    )
+    modules, speed = {}, None
+    for kind, s in GRADUAL:
+        model, _ = _dense(name, seed, train)
+        start = time.perf_counter()
+        report = model.prune(sparsity=s, weigh_by_input=kind == "input")
+        seconds = time.perf_counter() - start
+        share, table = _coherence(model, kind == "input")
+        extra = "" if kind == "input" else ", weigh_by_input=False"
+        row = {
+            "method": f"prune(sparsity={s:g}{extra})",
+            "kind": kind,
+            "sparsity": report["fraction_pruned"],
+            "poisson": _mcv(model, train, test),
+            "heldout_change": report["heldout_change"],
+            "epochs": report["epochs"],
+            "seconds": seconds,
+            f"coherent_{kind}": share,
+        }
+        rows.append(row)
+        modules[kind] = table["genes"].tolist()
+        print(
+            f"{name} {seed} {row['method']}: {_change(row['poisson'], base):+.4%}, "
+            f"coherent {share:.2f}",
+            flush=True,
         )
-    return rows
+        if kind == "input":
+            speed = _speed(model, dense_state, train)
+    ldvae = _ldvae(train, test, seed)
+    rows.append({k: v for k, v in ldvae.items() if k != "modules"})
+    result = {
+        "dataset": name,
+        "seed": seed,
+        "shape": list(train.shape),
+        "n_weights": n_weights,
+        "rows": rows,
+        "curves": curves,
+        "modules": modules,
+        "ldvae_modules": ldvae["modules"],
+        "markers": _markers(train, name),
+        "speed": speed,
+        "machine": machine_info(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    path.write_text(json.dumps(result, default=float))
 
 
-# ---------------------------------------------------------------------- summaries
-def _fmt(values, scale: float = 1.0, digits: int = 1, unit: str = "") -> str:
-    mean, err = mean_error(np.asarray(values, dtype=float) * scale)
-    if np.isnan(err):
-        return f"{mean:.{digits}f}{unit}"
-    return f"{mean:.{digits}f} ± {err:.{digits}f}{unit}"
-
-
-def _prunable_at_1pct(run: dict) -> float:
-    """Largest share pruned at any delta whose NLL change stays below 1%."""
-    curve = pd.DataFrame(run["curve"])
-    ok = curve[curve["nll_change"] < 0.01]
-    return float(ok["fraction_pruned"].max()) if len(ok) else 0.0
-
-
-def summarise(runs: list[dict]) -> pd.DataFrame:
-    rows = []
-    for (variant, alpha), group in pd.DataFrame(runs).groupby(["variant", "alpha_w"], sort=False):
-        reports = pd.DataFrame(list(group["report"]))
-        sparsity = np.array(list(group["sparsity"]))
-        prunable = [_prunable_at_1pct(r) for r in group.to_dict("records")]
-        i2 = DELTAS.index(min(DELTAS, key=lambda d: abs(np.log10(d) + 2)))
-        rows.append(
-            {
-                "variant": variant,
-                "setting": VARIANTS[variant][0],
-                "alpha_w": alpha,
-                "seeds": len(group),
-                "epochs": _fmt(group["epochs"], digits=0),
-                "pruned at 1e-4": _fmt(reports["fraction_pruned"], 100, 1, "%"),
-                "NLL change": _fmt(reports["nll_change"], 100, 3, "%"),
-                "MSE change": _fmt(reports["mse_change"], 100, 3, "%"),
-                "below 1e-2": _fmt(sparsity[:, i2], 100, 1, "%"),
-                "prunable, NLL +<1%": _fmt(prunable, 100, 1, "%"),
-                "val. NLL/cell": _fmt(reports["nll_before"], 1, 0),
-                "CPU s/run": _fmt(group["cpu_s"], 1, 0),
-                "_pruned_mean": float(reports["fraction_pruned"].mean()),
-                "_nll_change_mean": float(reports["nll_change"].abs().mean()),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
+# ---------------------------------------------------------------------- rendering
 def _markdown(frame: pd.DataFrame) -> str:
-    """A pipe table (no tabulate dependency)."""
     cells = [[str(c) for c in frame.columns]] + [[str(v) for v in row] for row in frame.values]
     lines = ["| " + " | ".join(row) + " |" for row in cells]
     lines.insert(1, "|" + "|".join("---" for _ in frame.columns) + "|")
     return "\n".join(lines)
 
 
-def _mean_curves(runs: list[dict], variant: str, alpha: float) -> tuple[pd.Series, pd.DataFrame]:
-    group = [r for r in runs if r["variant"] == variant and r["alpha_w"] == alpha]
-    sparsity = pd.Series(np.mean([r["sparsity"] for r in group], axis=0), index=DELTAS)
-    curves = [pd.DataFrame(r["curve"]).set_index("delta") for r in group]
-    return sparsity, sum(curves[1:], curves[0]) / len(curves)
+def _results() -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(OUT.glob("rows_*.json"))]
 
 
-def _label(variant: str, alpha: float) -> str:
-    return f"alpha_w={alpha:g}" if variant == "paper" else f"alpha_w={alpha:g}, {variant}"
+def summary_table(results: list[dict]) -> pd.DataFrame:
+    rows = []
+    for res in results:
+        base = res["rows"][0]["poisson"]
+        for row in res["rows"]:
+            coherent = row.get(f"coherent_{row.get('kind', 'input')}", row.get("coherent"))
+            rows.append(
+                {
+                    "data": f"{res['dataset']} ({res['shape'][0]} x {res['shape'][1]})",
+                    "seed": res["seed"],
+                    "method": row["method"],
+                    "zeros": f"{row['sparsity']:.1%}" if "sparsity" in row else "",
+                    "held-out Poisson": f"{row['poisson']:.5f}",
+                    "change vs dense": ""
+                    if row is res["rows"][0]
+                    else f"{_change(row['poisson'], base):+.3%}",
+                    "coherent modules": "" if coherent is None else f"{coherent:.0%}",
+                    "epochs": row.get("epochs", ""),
+                    "s": f"{row['seconds']:.0f}" if "seconds" in row else "",
+                }
+            )
+            if row is res["rows"][0]:
+                rows[-1]["coherent modules"] = (
+                    f"{row['coherent_input']:.0%} (by abs(w): {row['coherent_plain']:.0%})"
+                )
+    return pd.DataFrame(rows)
 
 
-def figure(runs: list[dict], path: Path) -> None:
+def figure(results: list[dict], path: Path) -> None:
     from matplotlib.figure import Figure
 
-    from zipo_scvi import pl
-
-    groups = list(dict.fromkeys((r["variant"], r["alpha_w"]) for r in runs))
-    means = {_label(v, a): _mean_curves(runs, v, a) for v, a in groups}
-    fig = Figure(figsize=(11, 8), layout="constrained")
-    (ax_a, ax_b), (ax_c, ax_d) = fig.subplots(2, 2)
-    pl.sparsity_curve({k: s for k, (s, _) in means.items()}, ax=ax_a)
-    ax_a.set_title("(a) share of weights below delta")
-    for variant, alpha in groups:
-        group = [r for r in runs if r["variant"] == variant and r["alpha_w"] == alpha]
-        counts = np.sum([r["hist"] for r in group], axis=0)
-        total = counts.sum() + sum(r["hist_zero"] for r in group)
-        ax_b.stairs(counts / total, HIST_EDGES, label=_label(variant, alpha))
-    ax_b.axvline(PRUNE_DELTA, color="k", linestyle="--", linewidth=1)
-    ax_b.set_xscale("log")
-    ax_b.set_xlabel("|w| / max |w| of the neuron (before pruning)")
-    ax_b.set_ylabel("share of weights per bin")
-    ax_b.set_title("(b) weight magnitudes (dashed: delta = 1e-4)")
-    ax_b.legend(frameon=False, fontsize="small")
-    pl.pruning_curve({k: c for k, (_, c) in means.items()}, axes=(ax_c, ax_d))
-    for ax, name in ((ax_c, "(c) NLL"), (ax_d, "(d) MSE of rates")):
-        ax.set_yscale("symlog", linthresh=0.1)
-        lowest = min(float(np.min(line.get_ydata())) for line in ax.lines if len(line.get_ydata()))
-        ax.set_ylim(bottom=min(-0.2, 2 * lowest))
-        ax.set_title(f"{name}, validation cells, after pruning")
-    fig.suptitle(
-        f"ZIPO paper preset, encoder {'-'.join(map(str, ENCODER))}, "
-        f"{DATA['n_cells']} x {DATA['n_genes']} simulated; mean over seeds"
-    )
-    fig.savefig(path, dpi=110)
-
-
-def _table_markdown(summary: pd.DataFrame) -> str:
-    cols = [
-        "setting",
-        "alpha_w",
-        "seeds",
-        "epochs",
-        "pruned at 1e-4",
-        "NLL change",
-        "MSE change",
-        "below 1e-2",
-        "prunable, NLL +<1%",
-        "val. NLL/cell",
-        "CPU s/run",
-    ]
-    return _markdown(summary[cols])
-
-
-def _verdict(summary: pd.DataFrame) -> str:
-    paper = summary[summary["variant"] == "paper"].set_index("alpha_w")
-    p01, p0 = paper.loc[0.1], paper.loc[0.0]
-    target = p01["_pruned_mean"] >= 0.9 and p01["_nll_change_mean"] < 0.01
-    lines = [
-        f"- Paper's target (alpha_w = 0.1: at least 90% pruned at delta = 1e-4 with NLL change "
-        f"< 1%): **{'reproduced' if target else 'not reproduced'}**. Measured "
-        f"{p01['pruned at 1e-4']} pruned (NLL change {p01['NLL change']}); at alpha_w = 0: "
-        f"{p0['pruned at 1e-4']}.",
-    ]
-    for variant in [v for v in VARIANTS if v != "paper"]:
-        row = summary[summary["variant"] == variant]
-        if len(row):
-            row = row.iloc[0]
-            lines.append(
-                f"- {row['setting']}, alpha_w = {row['alpha_w']:g}: {row['pruned at 1e-4']} "
-                f"pruned at 1e-4 (NLL change {row['NLL change']})."
+    n = len(results)
+    fig = Figure(figsize=(3.6 * n, 7), layout="constrained")
+    axes = fig.subplots(2, n, squeeze=False)
+    for ax, res in zip(axes[0], results):
+        base = res["rows"][0]["poisson"]
+        curves = pd.DataFrame(res["curves"])
+        for kind, label in (("input", "one shot, |w| x std(input)"), ("plain", "one shot, |w|")):
+            c = curves[curves["kind"] == kind]
+            ax.plot(
+                100 * c["sparsity"], 100 * _change(c["poisson"], base), "o-", ms=3, label=label
             )
-    return "\n".join(lines)
+        for row in res["rows"][1:]:
+            if "LDVAE" in row["method"]:
+                ax.axhline(
+                    100 * _change(row["poisson"], base), color="grey", ls=":", label="LDVAE"
+                )
+                continue
+            marker = {"input": "*", "plain": "s"}.get(row.get("kind"), "x")
+            ax.plot(
+                100 * row["sparsity"],
+                100 * _change(row["poisson"], base),
+                marker,
+                ms=10,
+                label=row["method"],
+            )
+        ax.axhspan(-0.5, 0.5, color="green", alpha=0.1)
+        ax.axvline(90, color="k", lw=0.5, ls="--")
+        ax.set_yscale("symlog", linthresh=1)
+        ax.set_xlabel("first-layer weights exactly zero (%)")
+        ax.set_ylabel("held-out Poisson vs dense (%)")
+        ax.set_title(f"{res['dataset']} ({res['shape'][1]} genes)")
+    axes[0][0].legend(fontsize="x-small", frameon=False)
+    for ax, res in zip(axes[1], results):
+        dense = res["rows"][0]
+        bars = {
+            "dense, rank by |w|": dense["coherent_plain"],
+            "dense, |w| x std": dense["coherent_input"],
+        }
+        for row in res["rows"][2:]:
+            key = f"coherent_{row.get('kind')}"
+            if key in row:
+                bars[f"pruned 90%, {'|w| x std' if row['kind'] == 'input' else '|w|'}"] = row[key]
+            elif "coherent" in row:
+                bars["LDVAE loadings"] = row["coherent"]
+        ax.barh(list(bars), [100 * v for v in bars.values()], color="tab:blue")
+        ax.axvline(50, color="k", lw=0.5, ls="--")
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("coherent modules (top-10 genes) %")
+        ax.invert_yaxis()
+    fig.suptitle("ZIPO default preset, all detected genes: pruning the first layer (MCV 90/10)")
+    fig.savefig(path, dpi=100)
 
 
-def _speed_markdown(speed: pd.DataFrame) -> str:
-    shown = speed.copy()
-    shown["density"] = (100 * shown["density"]).map(lambda v: f"{v:g}%")
-    for col in ("dense_ms", "sparse_ms"):
-        shown[col] = shown[col].map(lambda v: f"{v:.2f}")
-    shown["speedup"] = shown["speedup"].map(lambda v: f"{v:.2f}x")
-    shown["max_abs_diff"] = shown["max_abs_diff"].map(lambda v: f"{v:.1e}")
-    return _markdown(shown)
+def marker_figure(results: list[dict], path: Path) -> None:
+    """Which pruned modules hold which group's top markers (count of the top-10 genes)."""
+    from matplotlib.figure import Figure
+
+    shown = [r for r in results if r.get("markers") and "input" in r.get("modules", {})]
+    if not shown:
+        return
+    fig = Figure(figsize=(6 * len(shown), 7), layout="constrained")
+    for ax, res in zip(fig.subplots(1, len(shown), squeeze=False)[0], shown):
+        groups = res["markers"]
+        modules = [set(m.split(",")) if m else set() for m in res["modules"]["input"]]
+        hits = np.array([[len(m & set(g)) for g in groups.values()] for m in modules])
+        best = hits.argmax(axis=1)
+        chosen = [i for i in np.lexsort((-hits.max(axis=1), best)) if hits[i].max() >= 3][:40]
+        ax.imshow(hits[chosen], aspect="auto", cmap="Blues", vmin=0, vmax=N_TOP)
+        ax.set_xticks(range(len(groups)), list(groups), rotation=60, ha="right", fontsize="small")
+        ax.set_yticks(
+            range(len(chosen)),
+            [f"{i}: {','.join(res['modules']['input'][i].split(',')[:3])}" for i in chosen],
+            fontsize="x-small",
+        )
+        n_any = int((hits.max(axis=1) >= 3).sum())
+        ax.set_title(
+            f"{res['dataset']}: {n_any} of {len(modules)} modules with >= 3 of a group's "
+            f"top-{N_MARKERS} markers (first 40 shown)",
+            fontsize="small",
+        )
+        ax.set_xlabel("cell group: its top marker")
+    fig.savefig(path, dpi=100)
 
 
-README_TEXT = """\
-The `alpha_w` penalty (paper II-E) pushes each first-layer neuron to use few genes. After
-training, `model.prune(delta=1e-4)` divides each neuron's weights by its largest absolute weight,
-zeroes those below `delta` and pins them at zero with a mask (kept in any later training and by
-`save`/`load`); it returns the share pruned and the NLL and MSE of rates before and after on the
-validation cells (or on `adata=`). `model.first_layer_sparsity(deltas)` and
-`model.pruning_curve(deltas)` give the paper's Fig. 10 curves without changing the model;
-`model.get_gene_modules(n_top=20)` lists each neuron's genes with their normalised weights
-(columns `neuron`, `gene`, `weight`); `model.get_zero_inflation()` is each gene's mean
-zero-inflation probability. Plots: `zipo_scvi.pl.weight_histogram`, `pl.sparsity_curve`,
-`pl.pruning_curve`. Once the mask keeps at most {max_density:.0%} of the weights, inference
-multiplies by a CSR copy of the first layer (same results up to float rounding; timings below).
+PAGE_TEXT = """\
+`model.prune()` zeroes {target:.0%} of the first encoder layer's weights and fine-tunes the
+model around them: gradual magnitude pruning (Zhu & Gupta 2017) on a cubic schedule over at
+least 10 epochs and 100 optimiser steps, each weight scored by `|w|` times the standard
+deviation of its gene's encoder input over cells (torch's `L1Unstructured` on these scores, so
+rare genes, whose input is rarely non-zero, are not kept for a large weight alone), then
+fine-tuning with the mask fixed until the held-out-molecule loss has not improved for 10
+epochs (the best epoch is kept). It returns the share of zeros, the held-out loss before and
+after (`heldout_change`) and the NLL and MSE changes. The zeros are pinned by the layer's mask,
+kept by `save`/`load` and by any later `train()` or `prune()`.
+`model.prune(delta=1e-4)` is the paper's one-shot procedure (III-E). `zipo prune MODEL_DIR`
+does the same from the command line (`--sparsity`, or `--delta` for the paper's).
 
-`benchmarks/sparsity.py` ({when}; {machine}): paper preset (ZIP, sigmoid then BatchNorm, log1p
-input, full residuals, alpha_z = 0.1, the paper's schedule, plateau and early stopping on
-validation cells, at most {max_epochs} epochs) with the encoder shrunk to {encoder} (one of the
-paper's searched structures) for CPU time, on `simulate_counts({n_cells}, {n_genes})`; mean ±
-{lam:.2f} x SEM over seeds. "prunable, NLL +<1%" is the largest share pruned at any delta whose
-NLL change stays below 1%; "val. NLL/cell" is the validation NLL before pruning. Run with
-{commands}.
+`model.get_gene_modules(n_top=10)` lists each first-layer neuron's genes ranked by
+`|w| x std(input)`; `model.gene_module_coherence()` tests whether each neuron's top-10 genes are
+co-expressed: the mean pairwise correlation of their log-normalised expression against
+{n_random} random gene sets of the same size drawn from the same detection-rate bins (20
+quantile bins); a module is coherent above the null's 95th percentile.
+
+## Results
+
+`benchmarks/sparsity.py` ({when}; {machine}): default preset on every detected gene, trained on
+90% of the molecules and scored on the held-out 10% (MCV Poisson of `_harness.score_mcv`, mean
+over cells and genes); one seed per dataset (CPU time). "change vs dense": relative to the
+dense model of the same split. LDVAE: scvi-tools `LinearSCVI` with its defaults (10 latents),
+modules = top-10 genes of each latent's loadings. Run with {commands}.
 
 {table}
 
 {verdict}
 
-![sparsity](benchmarks/results/sparsity/sparsity.png)
-{why}
-CSR inference of the first layer against the dense product (one thread, 256 cells, fastest of
-30 interleaved repeats; `benchmarks/results/sparsity/speed.md`):
+![held-out loss vs zeros; coherence](benchmarks/results/sparsity/sparsity.png)
+
+Marker genes (pbmc3k: Leiden clusters of the log-normalised counts; hgmm1k: species) in the
+pruned model's modules: each row a first-layer neuron (labelled by its top 3 genes), each column
+a cell group (labelled by its top marker), colour = how many of the module's top-10 genes are
+among that group's top-{n_markers} markers (t-test):
+
+![modules and marker genes](benchmarks/results/sparsity/modules.png)
+
+Speed of the pruned model ({speed_data}, one thread; latents of all cells, fastest of 3; one
+training epoch): training multiplies by the masked dense weights (no speed-up); inference uses a
+CSR product of the first layer when the mask keeps at most {max_density:.0%} of the weights.
 
 {speed}
-"""
 
-WHY_TEXT = """
-Why the paper's number does not appear here. With Adam every weight moves by roughly the
-learning rate per step whatever the size of its gradient, so a weight is driven to zero only
-where the penalty's gradient outweighs the noise of the likelihood's gradient on it. The
-likelihood is summed over {n_genes} genes per cell (thousands of nats per cell) while the
-penalty is at most alpha_w. The penalty does reshape the neurons (median |w| / max |w| of
-the neuron: {median_norm}), but stops orders of magnitude short of 1e-4. The first epochs
-at lr = 0.0212 also inflate all weights (median |w| from about 0.01 at initialisation to
-about {median_w:.2f}), and the schedule counts epochs, so {n_cells} cells give about {steps}
-Adam steps per epoch at batch 256, against ~270 for the paper's ~70,000 cells. Early stopping
-(patience 30) on the validation cells ended the paper-preset runs after {epochs_lo}-{epochs_hi}
-epochs: the eval-mode validation loss of the sigmoid -> BatchNorm order is erratic (see
-"val. NLL/cell"), so its best value comes early. Measured: {diagnosis} The paper
-preset keeps the loss as the paper writes it; the gene-mean reading is available by passing
-`alpha_z` and `alpha_w` multiplied by the number of genes (Adam ignores a constant scale of
-the loss, up to its eps, so this equals averaging the NLL over genes).
+CSR against dense first layer alone (one thread, 256 cells, fastest of 30 interleaved repeats):
+
+{csr}
+
+{paper}
 """
 
 
-DIAGNOSES = {
-    "batch32": "8x more Adam steps per epoch (batch 32)",
-    "gene_mean": "the NLL read as a mean over genes, at batch 32",
-    "long": "all 150 epochs at the learning-rate floor (no plateau cuts, no early stopping)",
-}
-
-
-def _median_normalised(runs: list[dict]) -> str:
-    """Median of |w| / max |w| per paper-preset alpha_w, from the stored histograms."""
-    centres = np.sqrt(HIST_EDGES[:-1] * HIST_EDGES[1:])
-    parts = []
-    for alpha in ALPHAS:
-        group = [r for r in runs if r["variant"] == "paper" and r["alpha_w"] == alpha]
-        if not group:
-            continue
-        counts = np.concatenate(
-            [[sum(r["hist_zero"] for r in group)], np.sum([r["hist"] for r in group], axis=0)]
+def _verdict(results: list[dict]) -> str:
+    lines = []
+    for res in results:
+        base = res["rows"][0]["poisson"]
+        row = next(r for r in res["rows"] if r.get("kind") == "input")
+        change = _change(row["poisson"], base)
+        coherent = row["coherent_input"]
+        ok = row["sparsity"] >= 0.9 and abs(change) <= 0.005 and coherent >= 0.5
+        paper = next(r for r in res["rows"] if r["method"].startswith("paper"))
+        ldvae = next((r for r in res["rows"] if "LDVAE" in r["method"]), None)
+        lines.append(
+            f"- {res['dataset']}: `prune()` left {row['sparsity']:.1%} of the first layer zero, "
+            f"held-out Poisson {change:+.3%} vs dense, {coherent:.0%} of modules coherent "
+            f"(dense, ranked by abs(w): {res['rows'][0]['coherent_plain']:.0%}): target "
+            f"{'met' if ok else 'missed'}. The paper's `prune(delta=1e-4)` zeroed "
+            f"{paper['sparsity']:.2%}"
+            + (
+                f"; LDVAE: {ldvae['coherent']:.0%} of its {ldvae['n_modules']} loadings' "
+                f"modules coherent, held-out Poisson {_change(ldvae['poisson'], base):+.2%}."
+                if ldvae
+                else "."
+            )
         )
-        i = int(np.searchsorted(np.cumsum(counts), counts.sum() / 2))
-        parts.append(f"~{0.0 if i == 0 else centres[i - 1]:.2g} at alpha_w = {alpha:g}")
-    return ", ".join(parts)
+    return "\n".join(lines)
 
 
-def _diagnosis(summary: pd.DataFrame) -> str:
-    by = summary.set_index(["variant", "alpha_w"])
-    parts = [
-        f"{what}: {by.loc[(variant, 0.1), 'pruned at 1e-4']}"
-        for variant, what in DIAGNOSES.items()
-        if (variant, 0.1) in by.index
-    ]
-    if not parts:
-        return "no diagnostic variants were run."
-    best = summary["_pruned_mean"].max()
-    return (
-        f"share pruned at 1e-4 at alpha_w = 0.1, paper preset "
-        f"{by.loc[('paper', 0.1), 'pruned at 1e-4']}; "
-        + "; ".join(parts)
-        + ("; none reaches 90%." if best < 0.9 else ".")
-    )
+def _speed_table(results: list[dict]) -> tuple[str, str]:
+    rows = []
+    for res in results:
+        sp = res.get("speed")
+        if not sp:
+            continue
+        rows.append(
+            {
+                "data": res["dataset"],
+                "latents, dense (s)": f"{sp['dense_s']:.2f}",
+                "pruned, dense product (s)": f"{sp['pruned_dense_s']:.2f}",
+                "pruned, CSR (s)": f"{sp['pruned_csr_s']:.2f}",
+                "CSR speed-up": f"{sp['dense_s'] / sp['pruned_csr_s']:.2f}x",
+                "epoch, dense (s)": f"{sp['dense_epoch_s']:.1f}",
+                "epoch, pruned (s)": f"{sp['pruned_epoch_s']:.1f}",
+            }
+        )
+    names = ", ".join(r["data"] for r in rows)
+    return (_markdown(pd.DataFrame(rows)) if rows else "(not measured)"), names
 
 
-def _commands(meta: dict) -> list[str]:
-    return ([meta["command"]] if "command" in meta else []) + meta.get("commands", [])
-
-
-def render(runs: list[dict], speed: pd.DataFrame | None) -> None:
+def render() -> None:
     from zipo_scvi._sparsity import SPARSE_MAX_DENSITY
 
-    summary = summarise(runs)
-    table = _table_markdown(summary)
-    (OUT / "table.md").write_text(table + "\n\n" + _verdict(summary) + "\n")
-    figure(runs, OUT / "sparsity.png")
-    if speed is None and (OUT / "speed.csv").exists():
-        speed = pd.read_csv(OUT / "speed.csv")
-    speed_md = _speed_markdown(speed) if speed is not None else "(not measured)"
-    (OUT / "speed.md").write_text(speed_md + "\n")
-    meta = json.loads((OUT / "meta.json").read_text()) if (OUT / "meta.json").exists() else {}
-    paper01 = summary[(summary["variant"] == "paper") & (summary["alpha_w"] == 0.1)].iloc[0]
-    reproduced = paper01["_pruned_mean"] >= 0.9 and paper01["_nll_change_mean"] < 0.01
-    median_w = np.mean([r["median_abs_w"] for r in runs if r["variant"] == "paper"])
-    why = (
-        ""
-        if reproduced
-        else WHY_TEXT.format(
-            n_genes=DATA["n_genes"],
-            n_cells=DATA["n_cells"],
-            median_w=median_w,
-            steps=int(np.ceil(0.9 * DATA["n_cells"] / 256)),
-            diagnosis=_diagnosis(summary),
-            median_norm=_median_normalised(runs),
-            epochs_lo=min(r["epochs"] for r in runs if r["variant"] == "paper"),
-            epochs_hi=max(r["epochs"] for r in runs if r["variant"] == "paper"),
-        )
-    )
-    body = README_TEXT.format(
-        max_density=SPARSE_MAX_DENSITY,
-        when=meta.get("date", "date unknown"),
-        machine=meta.get("machine", "machine unknown"),
-        max_epochs=MAX_EPOCHS,
-        encoder="-".join(map(str, ENCODER)),
-        n_cells=DATA["n_cells"],
-        n_genes=DATA["n_genes"],
-        lam=ERROR_BAR_LAMBDA,
+    results = _results()
+    order = {"pbmc3k": 0, "immune559": 1, "hgmm1k": 2, "sim": 3}
+    results.sort(key=lambda r: (order.get(r["dataset"], 9), r["seed"]))
+    table = _markdown(summary_table(results))
+    (OUT / "table.md").write_text(table + "\n\n" + _verdict(results) + "\n")
+    figure(results, OUT / "sparsity.png")
+    marker_figure(results, OUT / "modules.png")
+    speed, speed_data = _speed_table(results)
+    (OUT / "speed_model.md").write_text(speed + "\n")
+    meta_path = OUT / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    info = results[0]["machine"] if results else {}
+    csr = (OUT / "speed.md").read_text() if (OUT / "speed.md").exists() else "(not measured)"
+    paper = (OUT / "paper.md").read_text() if (OUT / "paper.md").exists() else ""
+    from zipo_scvi._defaults import PRUNE_SCHEDULE
+
+    body = PAGE_TEXT.format(
+        target=PRUNE_SCHEDULE["sparsity"],
+        n_random=COHERENCE["n_random"],
+        when=results[0]["date"] if results else "not run",
+        machine=f"{info.get('cpu', '?')}, {info.get('cores', '?')} cores, 1 torch thread",
+        commands=" then ".join(f"`{c}`" for c in meta.get("commands", [])) or "(none yet)",
         table=table,
-        verdict=_verdict(summary),
-        speed=speed_md,
-        why=why,
-        commands=" then ".join(f"`{c.strip()}`" for c in _commands(meta)),
+        verdict=_verdict(results),
+        n_markers=N_MARKERS,
+        speed_data=speed_data,
+        max_density=SPARSE_MAX_DENSITY,
+        speed=speed,
+        csr=csr.strip(),
+        paper=paper.replace("### ", "## "),
     )
     update_docs_section("sparsity.md", "sparsity", body)
     print(table)
-    print(_verdict(summary))
+    print(_verdict(results))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("datasets", nargs="*", default=["pbmc3k", "immune559", "sim", "hgmm1k"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--render-only", action="store_true")
-    parser.add_argument("--skip-speed", action="store_true")
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
-    runs_path = OUT / "runs.json"
-    runs = json.loads(runs_path.read_text()) if runs_path.exists() else []
-    speed = None
     if not args.render_only:
-        done = {_key(r["variant"], r["alpha_w"], r["seed"]) for r in runs}
-        todo = [
-            (variant, alpha, seed)
-            for variant in args.variants
-            for alpha in VARIANTS[variant][3]
-            for seed in args.seeds[: VARIANTS[variant][4]]
-            if _key(variant, alpha, seed) not in done
-        ]
-        start = time.time()
-        with ProcessPoolExecutor(max_workers=args.workers) as pool:
-            futures = [pool.submit(train_one, *job) for job in todo]
-            for job, future in zip(todo, futures):
-                run = future.result()
-                runs.append(run)
-                runs_path.write_text(json.dumps(runs))
-                print(
-                    f"{_key(*job)}: {run['epochs']} epochs, {run['cpu_s']:.0f} s CPU, pruned "
-                    f"{run['report']['fraction_pruned']:.3f}, NLL change "
-                    f"{run['report']['nll_change']:.2e}  [{time.time() - start:.0f} s]",
-                    flush=True,
-                )
-        if not args.skip_speed:
-            speed = time_inference()
-            speed.to_csv(OUT / "speed.csv", index=False)
-        info = machine_info()
+        for name in args.datasets:
+            for seed in args.seeds:
+                if not (OUT / f"rows_{name}_{seed}.json").exists():
+                    start = time.time()
+                    run(name, seed)
+                    print(f"{name} seed {seed}: {time.time() - start:.0f} s", flush=True)
         meta_path = OUT / "meta.json"
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        meta["date"] = time.strftime("%Y-%m-%d")
-        meta["machine"] = (
-            f"{info['cpu']}, {info['cores']} cores, 1 torch thread per run, "
-            f"load {info['load_avg_1min']}"
-        )
         command = " ".join(["nice -n 10 python benchmarks/sparsity.py", *(argv or sys.argv[1:])])
         meta.setdefault("commands", []).append(command)
-        (OUT / "meta.json").write_text(json.dumps(meta, indent=1))
-    runs.sort(key=lambda r: (list(VARIANTS).index(r["variant"]), r["alpha_w"], r["seed"]))
-    render(runs, speed)
+        meta_path.write_text(json.dumps(meta, indent=1))
+    render()
 
 
 if __name__ == "__main__":

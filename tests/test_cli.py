@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests._formats import dense, write_input
+from zipo_scvi import _sparsity as sparsity_module
 from zipo_scvi._config import (
     ConfigError,
     check_value,
@@ -169,7 +170,7 @@ def test_progress_messages_quiet_and_force(tmp_path, counts, config, capsys):
     assert not np.allclose(second.layers["zipo_denoised"], first)  # really rewritten
 
 
-def test_save_model_report_info_and_prune(tmp_path, counts, config, capsys):
+def test_save_model_report_info_and_prune(tmp_path, counts, config, capsys, monkeypatch):
     src, _ = write_input(counts, "h5ad", tmp_path)
     model_dir, report = tmp_path / "model", tmp_path / "report"
     cmd = ["denoise", str(src), "-o", str(tmp_path / "o.h5ad"), "--config", str(config)]
@@ -196,6 +197,18 @@ def test_save_model_report_info_and_prune(tmp_path, counts, config, capsys):
     assert main(["prune", str(model_dir), "--delta", "0.05"]) == 2
     assert main(["prune", str(model_dir), "-o", str(model_dir)]) == 2
     assert main(["prune", str(model_dir), "--delta", "2"]) == 2
+    assert main(["prune", str(model_dir), "--sparsity", "1"]) == 2
+    assert main(["prune", str(model_dir), "--sparsity", "0.5", "--delta", "0.1"]) == 2
+    capsys.readouterr()
+    gradual = tmp_path / "gradual"
+    short = {**sparsity_module.PRUNE_SCHEDULE, "min_steps": 4, "min_epochs": 2, "patience": 2}
+    monkeypatch.setattr(sparsity_module, "PRUNE_SCHEDULE", short)  # a short schedule
+    assert main(["prune", str(model_dir), "--sparsity", "0.5", "-o", str(gradual)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("pruned 50.00% of first-layer weights") and "gradual" in line
+    assert main(["info", str(gradual)]) == 0
+    share = float(capsys.readouterr().out.split("first layer: ")[1].split("%")[0])
+    assert share >= 50
 
 
 def test_tune_writes_best_settings_that_denoise_reads(tmp_path, counts, config, capsys):

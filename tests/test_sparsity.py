@@ -9,10 +9,16 @@ from matplotlib.figure import Figure
 
 from tests.conftest import FAST, TINY
 from zipo_scvi import ZIPO, pl
-from zipo_scvi._defaults import PRUNE_DELTA
+from zipo_scvi._components import MaskedLinear
+from zipo_scvi._defaults import PRUNE_DELTA, PRUNE_SCHEDULE
 from zipo_scvi._sparsity import (
+    GradualPruning,
     SparseMaskedLinear,
+    cubic_sparsity,
     gene_modules,
+    importance_scores,
+    magnitude_mask,
+    module_coherence,
     normalized_weights,
     prune_mask,
     sparsity_curve,
@@ -83,8 +89,8 @@ def test_gene_modules_table():
     w = np.array([[0.5, -1.0, 1e-6, 0.2], [0.0, 0.0, 3.0, -3.0]])
     genes = ["a", "b", "c", "d"]
     table = gene_modules(w, genes)
-    assert list(table.columns) == ["neuron", "gene", "weight"]
-    assert table.values.tolist() == [
+    assert list(table.columns) == ["neuron", "gene", "weight", "importance"]
+    assert table[["neuron", "gene", "weight"]].values.tolist() == [
         [0, "b", -1.0],
         [0, "a", 0.5],
         [0, "d", 0.2],
@@ -282,4 +288,134 @@ def test_plots(model):
 
 def test_default_delta_is_the_papers():
     assert PRUNE_DELTA == 1e-4
-    assert ZIPO.prune.__defaults__[0] == PRUNE_DELTA
+    assert PRUNE_SCHEDULE["sparsity"] >= 0.9
+
+
+# ---------------------------------------------------------------------- gradual pruning
+def test_cubic_schedule_and_magnitude_mask():
+    assert cubic_sparsity(0, 10, 0.9) == 0.0
+    assert cubic_sparsity(10, 10, 0.9) == pytest.approx(0.9)
+    assert cubic_sparsity(20, 10, 0.9) == pytest.approx(0.9)
+    steps = [cubic_sparsity(t, 10, 0.9) for t in range(11)]
+    assert steps == sorted(steps)
+    layer = MaskedLinear(50, 8)
+    mask = magnitude_mask(layer, 0.5, None)
+    assert int((mask == 0).sum()) == 200
+    kept = layer.weight.detach().abs()[mask.bool()]
+    assert kept.min() >= layer.weight.detach().abs()[~mask.bool()].max()
+    layer.mask = mask
+    # a second, larger target keeps earlier zeros; an input scale of 0 prunes a gene first
+    scale = torch.ones(50)
+    scale[3] = 0.0
+    mask2 = magnitude_mask(layer, 0.7, scale)
+    assert int((mask2 == 0).sum()) == 280
+    assert (mask2[mask == 0] == 0).all() and (mask2[:, 3] == 0).all()
+
+
+def test_gradual_pruning_callback_schedule():
+    layer = MaskedLinear(40, 5)
+    callback = GradualPruning(layer, 0.8, n_steps=10, n_updates=5)
+    assert callback.update_steps == [1, 3, 5, 7, 9]
+
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(callbacks=[], global_step=0)
+    seen = []
+    for step in range(12):
+        trainer.global_step = step
+        callback.on_train_batch_start(trainer, None, None, step)
+        seen.append(0.0 if layer.mask is None else float((layer.mask == 0).float().mean()))
+    assert seen == sorted(seen) and seen[0] == 0.0
+    assert seen[-1] == pytest.approx(0.8) and callback.done
+    assert (layer.weight[layer.mask == 0] == 0).all()
+
+
+def test_gradual_prune_reaches_sparsity_with_exact_zeros(model):
+    validation = np.array(model.validation_indices)
+    report = model.prune(sparsity=0.8, max_epochs=40, batch_size=64)
+    layer = model.module.encoder.first
+    assert report["method"] == "magnitude"
+    assert report["fraction_pruned"] == pytest.approx(0.8, abs=1 / layer.weight.numel())
+    assert report["fraction_pruned"] >= 0.8
+    assert int((layer.weight == 0).sum()) >= np.ceil(0.8 * layer.weight.numel())  # exact zeros
+    assert (layer.weight[layer.mask == 0] == 0).all()
+    assert report["epochs"] >= 34  # the schedule's 100 steps at 3 steps per epoch, then more
+    np.testing.assert_array_equal(np.sort(model.validation_indices), np.sort(validation))
+    held = model.heldout_loss(indices=np.sort(validation))
+    assert report["heldout_after"] == pytest.approx(held)
+    assert np.isfinite(report["heldout_change"])
+    with pytest.raises(ValueError, match="not both"):
+        model.prune(sparsity=0.9, delta=1e-4)
+    with pytest.raises(ValueError, match="sparsity must lie"):
+        model.prune(sparsity=1.0)
+
+
+def test_gradual_prune_survives_save_load_and_training(model, tmp_path):
+    model.prune(sparsity=0.85, max_epochs=2, batch_size=64)  # stops early: mask at target
+    layer = model.module.encoder.first
+    assert int((layer.mask == 0).sum()) >= np.ceil(0.85 * layer.mask.numel())
+    model.save(str(tmp_path / "pruned"), save_anndata=True)
+    loaded = ZIPO.load(str(tmp_path / "pruned"))
+    mask = loaded.module.encoder.first.mask.clone()
+    assert torch.equal(mask, layer.mask)
+    loaded.train(max_epochs=1, enable_progress_bar=False, batch_size=64)
+    loaded.prune(sparsity=0.9, max_epochs=1, batch_size=64)  # no split kept: a fresh one
+    new = loaded.module.encoder.first
+    assert (new.weight[mask == 0] == 0).all()
+    assert int((new.weight == 0).sum()) >= np.ceil(0.9 * new.weight.numel())
+
+
+# ---------------------------------------------------------------------- modules
+def test_importance_down_weights_a_rare_gene():
+    w = np.array([[3.0, 1.0, 0.5]])
+    assert gene_modules(w, ["rare", "a", "b"], n_top=1)["gene"].tolist() == ["rare"]
+    scale = np.array([0.05, 1.0, 1.0])  # the rare gene's input is almost always zero
+    assert importance_scores(w, scale).ravel().tolist() == pytest.approx([0.15, 1.0, 0.5])
+    table = gene_modules(w, ["rare", "a", "b"], input_scale=scale)
+    assert table["gene"].tolist() == ["a", "b", "rare"]
+    assert table["importance"].iloc[0] == 1.0
+    with pytest.raises(ValueError, match="input scales"):
+        importance_scores(w, scale[:2])
+
+
+def test_model_modules_rank_by_input_scale(model):
+    layer = model.module.encoder.first
+    scale = model.input_scale()
+    rare, common = int(scale.argmin()), int(scale.argmax())
+    with torch.no_grad():
+        layer.weight[0].fill_(0.01)
+        layer.weight[0, rare] = 1.0
+        layer.weight[0, common] = 1.0 * float(scale[rare] / scale[common]) * 2 + 0.1
+    plain = model.get_gene_modules(n_top=1, weigh_by_input=False)
+    weighed = model.get_gene_modules(n_top=1)
+    genes = model.adata.var_names
+    assert plain.loc[plain.neuron == 0, "gene"].item() == genes[rare]
+    assert weighed.loc[weighed.neuron == 0, "gene"].item() == genes[common]
+    counts = np.asarray(model.adata.X.todense())
+    x = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)
+    np.testing.assert_allclose(scale.numpy(), x.std(0), rtol=1e-3, atol=1e-4)
+
+
+def test_module_coherence_on_a_constructed_example():
+    rng = np.random.default_rng(0)
+    n = 400
+    factor = rng.gamma(2.0, size=(n, 1))
+    coexpressed = rng.poisson(factor * np.ones((1, 6)))
+    independent = rng.poisson(np.ones((n, 60)) * rng.uniform(0.05, 3, size=60))
+    x = np.c_[coexpressed, independent].astype(float)
+    table = module_coherence(x, [range(6), range(6, 12), [3], []], n_random=100)
+    assert table["coherent"].tolist() == [True, False, False, False]
+    assert table.loc[0, "mean_corr"] > table.loc[0, "null_quantile"] > table.loc[0, "null_mean"]
+    assert table.loc[2, "n_genes"] == 1 and np.isnan(table.loc[2, "mean_corr"])
+    # the statistic is the mean pairwise correlation
+    direct = np.corrcoef(x[:, :6].T)[np.triu_indices(6, 1)].mean()
+    assert table.loc[0, "mean_corr"] == pytest.approx(direct, rel=1e-5)
+
+
+def test_gene_module_coherence_of_a_model(model):
+    table = model.gene_module_coherence(n_top=4, n_random=20)
+    assert len(table) == model.module.encoder.first.out_features
+    assert table["n_genes"].max() == 4
+    assert table["coherent"].dtype == bool
+    first = model.get_gene_modules(n_top=4)
+    assert table.loc[0, "genes"].split(",") == first.loc[first.neuron == 0, "gene"].tolist()

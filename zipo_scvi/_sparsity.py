@@ -1,25 +1,41 @@
-"""The sparse first layer (paper II-E, III-E): pruning masks, sparsity curves, gene modules.
+"""The sparse first layer: pruning, sparsity curves, gene modules and their coherence.
 
-The pure functions work on a first-layer weight matrix (neurons x genes); :class:`SparsityMixin`
-gives the ZIPO model its ``prune``, ``first_layer_sparsity``, ``pruning_curve``,
-``get_gene_modules`` and ``get_zero_inflation`` methods. After pruning, inference multiplies by
-a sparse (CSR) copy of the first layer's weights when the mask keeps few enough of them
-(:class:`SparseMaskedLinear`); training always uses the dense, masked weights.
+Two ways to prune the first encoder layer. ``model.prune()`` (the default) is gradual magnitude
+pruning (Zhu & Gupta 2017) to a target share of zeros, with fine-tuning: a weight ``w_ig`` is
+scored by ``|w_ig|`` times the standard deviation of gene ``g``'s encoder input over cells (so a
+rare gene, whose input is rarely non-zero, needs a larger weight to matter), the lowest scores
+are zeroed along a cubic schedule while training continues, then the model is fine-tuned with
+the mask fixed until the held-out-molecule loss stops improving. ``model.prune(delta=...)`` is
+the paper's one-shot threshold (III-E): weights below ``delta`` of their neuron's largest are
+zeroed. Either way the zeros are pinned by the layer's mask (:class:`MaskedLinear`), which every
+later forward pass applies and ``save``/``load`` keeps.
+
+The pure functions work on a first-layer weight matrix (neurons x genes);
+:class:`SparsityMixin` gives the ZIPO model its ``prune``, ``first_layer_sparsity``,
+``pruning_curve``, ``get_gene_modules``, ``gene_module_coherence`` and ``get_zero_inflation``
+methods. After pruning, inference multiplies by a sparse (CSR) copy of the first layer's
+weights when the mask keeps few enough of them (:class:`SparseMaskedLinear`); training uses the
+dense, masked weights.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from anndata import AnnData
+from lightning.pytorch.callbacks import Callback
 from scvi import REGISTRY_KEYS
+from torch.nn.utils import prune as torch_prune
 
 from ._components import MaskedLinear
-from ._defaults import PRUNE_DELTA
+from ._defaults import MOLECULE_SPLIT, PRUNE_DELTA, PRUNE_SCHEDULE
+from ._training import split_molecules
 
 #: Deltas of the sparsity and pruning curves (the paper's Fig. 10 spans 1e-6 .. 1e-1).
 DEFAULT_DELTAS: tuple[float, ...] = tuple(float(d) for d in np.logspace(-7, -1, 13))
@@ -118,13 +134,42 @@ def sparsity_curve(
     return pd.Series(below, index=pd.Index(deltas, name="delta"), name="fraction_below")
 
 
+def importance_scores(
+    weight: torch.Tensor | np.ndarray, input_scale: torch.Tensor | np.ndarray | None
+) -> np.ndarray:
+    """How much each first-layer weight moves its neuron: ``|w_ig| * scale_g``.
+
+    ``scale_g`` is the typical size of gene ``g``'s encoder input (its standard deviation over
+    cells, :meth:`SparsityMixin.input_scale`): a gene that is rarely non-zero varies a neuron
+    little even through a large weight. ``None`` scores by ``|w_ig|`` alone.
+
+    Examples
+    --------
+    >>> importance_scores(np.array([[2.0, -1.0]]), np.array([0.1, 1.0])).tolist()
+    [[0.2, 1.0]]
+    """
+    w = weight.detach().cpu().numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight)
+    score = np.abs(w.astype(np.float64, copy=False))
+    if input_scale is None:
+        return score
+    if isinstance(input_scale, torch.Tensor):
+        input_scale = input_scale.detach().cpu().numpy()
+    scale = np.asarray(input_scale, dtype=np.float64)
+    if scale.shape != (score.shape[1],):
+        raise ValueError(
+            f"Got {scale.size} input scales for a layer with {score.shape[1]} inputs."
+        )
+    return score * scale
+
+
 def gene_modules(
     weight: torch.Tensor | np.ndarray,
     genes: Sequence[str],
     n_top: int | None = None,
     min_weight: float = PRUNE_DELTA,
+    input_scale: torch.Tensor | np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """The genes each first-layer neuron uses, with their normalised weights.
+    """The genes each first-layer neuron uses, ranked by importance.
 
     Parameters
     ----------
@@ -133,22 +178,28 @@ def gene_modules(
     genes
         Gene names, one per column of ``weight``.
     n_top
-        Keep at most this many genes per neuron (largest ``|weight|`` first); None keeps all.
+        Keep at most this many genes per neuron (most important first); None keeps all.
     min_weight
-        Keep genes whose normalised ``|weight|`` is at least this (default: the pruning delta,
-        so a pruned model's modules are exactly its surviving weights).
+        Keep genes whose normalised ``|weight|`` is at least this (default: the pruning delta;
+        a pruned weight is zero, so a pruned model's modules are within its kept weights).
+    input_scale
+        Typical size of each gene's encoder input (see :func:`importance_scores`); genes are
+        then ranked by ``|w| * scale`` instead of ``|w|``. None ranks by ``|w|``.
 
     Returns
     -------
-    Tidy DataFrame with columns ``neuron`` (int), ``gene`` (str) and ``weight`` (signed,
-    normalised to the neuron's largest ``|weight|``), sorted by neuron, then by ``|weight|``
-    descending. Neurons that use no gene do not appear.
+    Tidy DataFrame with columns ``neuron`` (int), ``gene`` (str), ``weight`` (signed,
+    normalised to the neuron's largest ``|weight|``) and ``importance`` (``|w| * scale``,
+    normalised to the neuron's largest), sorted by neuron, then by importance descending.
+    Neurons that use no gene do not appear.
 
     Examples
     --------
     >>> w = np.array([[0.5, -1.0, 0.0], [0.0, 0.0, 2.0]])
-    >>> gene_modules(w, ["a", "b", "c"]).values.tolist()
+    >>> gene_modules(w, ["a", "b", "c"])[["neuron", "gene", "weight"]].values.tolist()
     [[0, 'b', -1.0], [0, 'a', 0.5], [1, 'c', 1.0]]
+    >>> gene_modules(w, ["a", "b", "c"], input_scale=[4.0, 1.0, 1.0])["gene"].tolist()
+    ['a', 'b', 'c']
     """
     norm = normalized_weights(weight)
     genes = np.asarray(genes, dtype=object)
@@ -156,17 +207,138 @@ def gene_modules(
         raise ValueError(f"Got {genes.size} gene names for a layer with {norm.shape[1]} inputs.")
     if n_top is not None and int(n_top) < 1:
         raise ValueError(f"n_top must be a positive integer or None, not {n_top!r}.")
+    importance = normalized_weights(importance_scores(norm, input_scale))
     magnitude = np.abs(norm)
     rows, cols = np.nonzero((magnitude >= _check_delta(min_weight)) & (magnitude > 0))
-    order = np.lexsort((-magnitude[rows, cols], rows))
+    order = np.lexsort((-importance[rows, cols], rows))
     rows, cols = rows[order], cols[order]
     if n_top is not None:
         starts = np.searchsorted(rows, rows, side="left")
         keep = np.arange(rows.size) - starts < int(n_top)
         rows, cols = rows[keep], cols[keep]
     return pd.DataFrame(
-        {"neuron": rows.astype(int), "gene": genes[cols], "weight": norm[rows, cols]}
+        {
+            "neuron": rows.astype(int),
+            "gene": genes[cols],
+            "weight": norm[rows, cols],
+            "importance": importance[rows, cols],
+        }
     )
+
+
+def log_normalized(counts, target: float = 1e4) -> np.ndarray:
+    """``log1p`` of counts scaled to ``target`` per cell, dense float32 (empty cells stay 0).
+
+    Examples
+    --------
+    >>> log_normalized(np.array([[1.0, 3.0], [0.0, 0.0]]), target=4.0).round(3).tolist()
+    [[0.693, 1.386], [0.0, 0.0]]
+    """
+    x = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
+    x = x.astype(np.float64, copy=False)
+    total = x.sum(axis=1, keepdims=True)
+    factor = np.divide(target, total, out=np.zeros_like(total), where=total > 0)
+    return np.log1p(x * factor).astype(np.float32)
+
+
+def module_coherence(
+    expression: np.ndarray,
+    modules: Sequence[Sequence[int]],
+    detection: np.ndarray | None = None,
+    n_random: int = 200,
+    n_bins: int = 20,
+    quantile: float = 0.95,
+    max_cells: int | None = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Test whether gene modules are co-expressed beyond detection-matched random gene sets.
+
+    A module's coherence is the mean pairwise Pearson correlation, over cells, of its genes'
+    expression (pass log-normalised expression, :func:`log_normalized`). Its null is the same
+    statistic for ``n_random`` random gene sets of the same size in which each gene is drawn
+    from the same detection-rate bin (``n_bins`` quantile bins of the share of cells where a
+    gene is non-zero) as the module gene it stands for: frequent genes correlate more with each
+    other than rare ones, so an unmatched null would reward modules of frequent genes. A module
+    is coherent when its correlation exceeds the null's ``quantile``.
+
+    Parameters
+    ----------
+    expression
+        Cells x genes, e.g. log-normalised counts.
+    modules
+        Each module as a sequence of gene (column) indices; modules of fewer than two genes are
+        reported as not coherent.
+    detection
+        Share of cells in which each gene is non-zero; default: computed from ``expression``.
+    n_random, n_bins, quantile
+        Size, matching and cut of the null.
+    max_cells
+        Use a random subset of at most this many cells (None: all).
+    seed
+        Seed of the cell subset and the random gene sets.
+
+    Returns
+    -------
+    DataFrame, one row per module: ``n_genes``, ``mean_corr``, ``null_quantile`` (the null's
+    ``quantile``), ``null_mean`` and ``coherent`` (bool).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> factor = rng.normal(size=(300, 1))
+    >>> x = np.c_[factor + 0.5 * rng.normal(size=(300, 5)), rng.normal(size=(300, 40))]
+    >>> module_coherence(x, [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])["coherent"].tolist()
+    [True, False]
+    """
+    rng = np.random.default_rng(seed)
+    x = np.asarray(expression, dtype=np.float64)
+    if detection is None:
+        detection = (x != 0).mean(axis=0)
+    detection = np.asarray(detection, dtype=np.float64)
+    if max_cells is not None and x.shape[0] > max_cells:
+        x = x[np.sort(rng.choice(x.shape[0], max_cells, replace=False))]
+    n_cells = x.shape[0]
+    std = x.std(axis=0)
+    z = np.divide(x - x.mean(axis=0), std, out=np.zeros_like(x), where=std > 0).T.copy()
+    z = z.astype(np.float32)  # genes x cells; each non-constant row has squared norm n_cells
+    ranks = np.empty(detection.size, dtype=int)  # ties broken at random
+    ranks[np.lexsort((rng.random(detection.size), detection))] = np.arange(detection.size)
+    bins = np.minimum(ranks * n_bins // max(detection.size, 1), n_bins - 1)
+    members = [np.flatnonzero(bins == b) for b in range(n_bins)]
+
+    def mean_corr(sets: np.ndarray) -> np.ndarray:  # (n_sets, k) -> (n_sets,)
+        k = sets.shape[1]
+        picked = z[sets.ravel()].reshape(*sets.shape, n_cells)
+        total = picked.sum(axis=1, dtype=np.float64)
+        own = np.einsum("skc,skc->s", picked, picked, dtype=np.float64)
+        return ((total**2).sum(axis=1) - own) / (n_cells * k * (k - 1))
+
+    rows = []
+    for genes in modules:
+        genes = np.asarray(list(genes), dtype=int)
+        k = genes.size
+        if k < 2:
+            rows.append({"n_genes": k, "mean_corr": np.nan, "null_quantile": np.nan})
+            rows[-1].update(null_mean=np.nan, coherent=False)
+            continue
+        observed = float(mean_corr(genes[None, :])[0])
+        pools = [np.setdiff1d(members[bins[g]], genes) for g in genes]  # not the module's own
+        pools = [
+            pool if pool.size else np.setdiff1d(np.arange(z.shape[0]), genes) for pool in pools
+        ]
+        null_sets = np.stack([rng.choice(pool, n_random) for pool in pools], axis=1)
+        null = mean_corr(null_sets)
+        cut = float(np.quantile(null, quantile))
+        rows.append(
+            {
+                "n_genes": k,
+                "mean_corr": observed,
+                "null_quantile": cut,
+                "null_mean": float(null.mean()),
+                "coherent": bool(observed > cut),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------- sparse inference
@@ -264,6 +436,118 @@ def use_sparse_inference(module: torch.nn.Module, max_density: float = SPARSE_MA
     return layer
 
 
+# ---------------------------------------------------------------------- gradual pruning
+def cubic_sparsity(step: int, n_steps: int, target: float) -> float:
+    """Zhu & Gupta's (2017) schedule: ``target * (1 - (1 - step / n_steps)^3)``, from 0 at step 0.
+
+    Examples
+    --------
+    >>> [round(cubic_sparsity(t, 4, 0.9), 3) for t in range(5)]
+    [0.0, 0.52, 0.787, 0.886, 0.9]
+    """
+    frac = min(max(step / max(n_steps, 1), 0.0), 1.0)
+    return target * (1.0 - (1.0 - frac) ** 3)
+
+
+def set_mask(layer: MaskedLinear, keep: torch.Tensor) -> None:
+    """Pin the layer's weights outside ``keep`` at zero (mask combined with any earlier one)."""
+    with torch.no_grad():
+        mask = keep.to(layer.weight)
+        if layer.mask is not None:
+            mask = mask * layer.mask
+        layer.weight.mul_(mask)
+        layer.mask = mask
+
+
+def magnitude_mask(
+    layer: MaskedLinear, sparsity: float, input_scale: torch.Tensor | None
+) -> torch.Tensor:
+    """Keep the weights of largest ``|w| * scale`` so that ``sparsity`` of the layer is zero.
+
+    The ranking is torch's :class:`~torch.nn.utils.prune.L1Unstructured` applied to the
+    importance scores (``importance_scores=`` of ``torch.nn.utils.prune``); weights already
+    masked score zero, so the masks only ever grow.
+    """
+    weight = layer.effective_weight().detach()
+    scores = weight.abs()
+    if input_scale is not None:
+        scores = scores * input_scale.to(scores).unsqueeze(0)
+    n_zero = min(math.ceil(sparsity * weight.numel() - 1e-9), weight.numel())
+    current = torch.ones_like(weight) if layer.mask is None else layer.mask
+    return torch_prune.L1Unstructured(amount=int(n_zero)).compute_mask(scores, current)
+
+
+class GradualPruning(Callback):
+    """Lightning callback: prune the first layer to ``sparsity`` along a cubic schedule.
+
+    The mask is recomputed ``n_updates`` times over the first ``n_steps`` optimiser steps
+    (:func:`cubic_sparsity`, :func:`magnitude_mask`). Afterwards the mask stays fixed; the
+    early-stopping callback's memory is reset (the dense model's validation loss is no target
+    for the pruned one) and the weights of the best validation epoch after pruning are
+    restored when training ends.
+
+    Parameters
+    ----------
+    layer
+        The first layer (a :class:`~zipo_scvi._components.MaskedLinear`).
+    sparsity
+        Share of weights zero at the end.
+    n_steps
+        Optimiser steps over which the sparsity rises.
+    n_updates
+        How many times the mask is recomputed.
+    input_scale
+        Per-gene scale of the importance scores (None: ``|w|``).
+    monitor
+        Validation metric whose best value after pruning selects the weights kept (without
+        validation the last weights are kept).
+    """
+
+    def __init__(
+        self,
+        layer: MaskedLinear,
+        sparsity: float,
+        n_steps: int,
+        n_updates: int = PRUNE_SCHEDULE["n_updates"],
+        input_scale: torch.Tensor | None = None,
+        monitor: str = "validation_loss",
+    ):
+        self.layer, self.sparsity, self.input_scale = layer, float(sparsity), input_scale
+        self.n_steps, self.monitor = max(int(n_steps), 1), monitor
+        updates = np.linspace(0, self.n_steps, max(int(n_updates), 1) + 1)[1:]
+        self.update_steps = sorted({round(u) - 1 for u in updates})
+        self.done, self.best, self.best_state = False, math.inf, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        step = trainer.global_step
+        if self.done or step not in self.update_steps:
+            return
+        target = cubic_sparsity(step + 1, self.n_steps, self.sparsity)
+        set_mask(self.layer, magnitude_mask(self.layer, target, self.input_scale))
+        if step == self.update_steps[-1]:
+            self.done = True
+            for callback in trainer.callbacks:  # the dense model's best is no target now
+                if hasattr(callback, "wait_count") and hasattr(callback, "best_score"):
+                    callback.wait_count = 0
+                    callback.best_score = torch.tensor(math.inf)
+
+    def on_validation_end(self, trainer, pl_module):
+        value = trainer.callback_metrics.get(self.monitor)
+        if not self.done or value is None or trainer.sanity_checking:
+            return
+        if float(value) < self.best:
+            self.best = float(value)
+            state = pl_module.module.state_dict()
+            self.best_state = {k: v.detach().clone() for k, v in state.items()}
+
+    def on_train_end(self, trainer, pl_module):
+        if self.best_state is not None:
+            pl_module.module.load_state_dict(self.best_state)
+        with torch.no_grad():
+            if self.layer.mask is not None:
+                self.layer.weight.mul_(self.layer.mask)  # Adam may have moved masked weights
+
+
 # ---------------------------------------------------------------------- model methods
 class SparsityMixin:
     """ZIPO methods for the sparse first layer: pruning, sparsity curves, gene modules."""
@@ -292,36 +576,130 @@ class SparsityMixin:
         if not getattr(self, "is_trained_", False):
             raise RuntimeError("Train the model (model.train()) before pruning it.")
 
-    def prune(
-        self,
-        delta: float = PRUNE_DELTA,
-        adata: AnnData | None = None,
-        batch_size: int | None = None,
-    ) -> dict[str, float]:
-        """Prune the first layer: zero the weights below ``delta`` of each neuron's largest.
+    def input_scale(
+        self, adata: AnnData | None = None, batch_size: int | None = None
+    ) -> torch.Tensor:
+        """Standard deviation over cells of each gene's encoder input (after the transform).
 
-        Each first-layer neuron's weights are divided by its largest absolute weight; weights
-        whose normalised magnitude is below ``delta`` are set to zero and pinned there by the
-        layer's mask, which is applied in every later forward pass (so fine-tuning keeps them
-        at zero) and saved with the model (paper III-E). Once the mask keeps few weights,
-        inference multiplies by a sparse copy of the layer.
+        The typical size of what a first-layer weight multiplies: :meth:`prune` and
+        :meth:`get_gene_modules` score a weight by ``|w| * scale``, so that a rare gene (rarely
+        non-zero, small standard deviation) does not stand out by a large weight alone.
 
         Parameters
         ----------
+        adata
+            Cells to compute it on; default: the training data.
+        batch_size
+            Minibatch size.
+
+        Returns
+        -------
+        Tensor with one value per gene (float32, on the model's device).
+        """
+        total = total_sq = None
+        n = 0
+        for tensors in self._batches(adata, None, batch_size):
+            h = self.module.transform(tensors[REGISTRY_KEYS.X_KEY].to(self.module.device))
+            h = h.to_dense().double() if h.layout != torch.strided else h.double()
+            total = h.sum(0) if total is None else total + h.sum(0)
+            total_sq = h.square().sum(0) if total_sq is None else total_sq + h.square().sum(0)
+            n += h.shape[0]
+        mean = total / n
+        return (total_sq / n - mean.square()).clamp_min(0).sqrt().float()
+
+    def heldout_loss(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        molecule_split: float = MOLECULE_SPLIT,
+        seed: int = 0,
+    ) -> float:
+        """Held-out-molecule NLL per cell: encode a binomial ``molecule_split`` of each cell's
+        molecules, score the rest (molecular cross-validation; the training's
+        ``validation="molecules"`` measure). The split is the same on every call.
+
+        Parameters
+        ----------
+        adata, indices, batch_size
+            Cells to score (default: all cells of the training data) and minibatch size.
+        molecule_split
+            Share of the molecules the model sees.
+        seed
+            Seed of the molecule split.
+        """
+        generator = torch.Generator().manual_seed(seed)
+        rate_scale = (1.0 - molecule_split) / molecule_split
+        total, n = 0.0, 0
+        for tensors in self._batches(adata, indices, batch_size):
+            x = tensors[REGISTRY_KEYS.X_KEY]
+            seen, held_out = split_molecules(x.cpu(), molecule_split, generator)
+            batch = {**tensors, REGISTRY_KEYS.X_KEY: seen.to(x.device)}
+            kwargs = {"target": held_out.to(x.device), "rate_scale": rate_scale}
+            _, _, losses = self.module.forward(batch, loss_kwargs=kwargs)
+            cells = losses.reconstruction_loss["reconstruction_loss"]
+            total += float(cells.sum())
+            n += cells.shape[0]
+        return total / n
+
+    def _pruning_scores(self, data, indices, batch_size) -> dict[str, float]:
+        scores = self.get_reconstruction_error(data, indices, batch_size)
+        scores["heldout"] = self.heldout_loss(data, indices, batch_size)
+        return scores
+
+    def prune(
+        self,
+        sparsity: float | None = None,
+        delta: float | None = None,
+        adata: AnnData | None = None,
+        batch_size: int | None = None,
+        weigh_by_input: bool = True,
+        **train_kwargs,
+    ) -> dict[str, float]:
+        """Prune the first layer; the zeros are pinned by a mask that training and saving keep.
+
+        Default (``model.prune()``): gradual magnitude pruning with fine-tuning, to a share
+        ``sparsity`` of zeros (90%). Training continues from the current weights; along Zhu and
+        Gupta's cubic schedule the weights of lowest ``|w_ig| * scale_g`` (``scale_g``: the
+        standard deviation of gene ``g``'s encoder input, :meth:`input_scale`) are zeroed
+        (torch's ``L1Unstructured`` on these scores), over at least 10 epochs and 100
+        optimiser steps; then the model is fine-tuned with the mask fixed until the held-out
+        loss has not improved for 10 epochs, and the best epoch's weights are kept. The
+        training and validation cells are the model's own (when it still knows them).
+
+        ``model.prune(delta=1e-4)``: the paper's one-shot procedure (III-E): each neuron's
+        weights are divided by its largest absolute weight and those below ``delta`` are
+        zeroed, without fine-tuning. With the project's training that removes almost nothing
+        (see the README section on sparsity).
+
+        Once the mask keeps few weights, inference multiplies by a sparse copy of the layer.
+
+        Parameters
+        ----------
+        sparsity
+            Share of first-layer weights set to zero (default 0.9); earlier zeros count.
         delta
-            Threshold on the normalised absolute weight, in ``[0, 1]`` (paper: 1e-4).
+            Use the paper's threshold instead: normalised ``|w| < delta`` is zeroed.
         adata
             Cells to judge the pruning on; default: the model's validation cells (all cells if
             it was trained without validation, or loaded from disk, which keeps no split).
         batch_size
-            Minibatch size for the NLL and MSE.
+            Minibatch size (training and scoring).
+        weigh_by_input
+            Score weights by ``|w| * scale`` (True) or by ``|w|`` alone.
+        **train_kwargs
+            Passed to :meth:`train` for the fine-tuning (e.g. ``max_epochs``,
+            ``early_stopping_patience``, ``lr``).
 
         Returns
         -------
-        Dictionary with ``delta``, ``fraction_pruned`` (share of first-layer weights that are
-        zero after pruning, earlier pruning included), ``n_pruned``, ``n_weights``,
-        ``nll_before``/``nll_after`` (per-cell NLL, summed over genes), ``mse_before``/
-        ``mse_after`` (MSE of rates), ``nll_change`` and ``mse_change`` (relative changes).
+        Dictionary with ``method`` (``"magnitude"`` or ``"delta"``), ``fraction_pruned`` (share
+        of first-layer weights that are zero, earlier pruning included), ``n_pruned``,
+        ``n_weights``, ``heldout_before``/``heldout_after``/``heldout_change`` (held-out-
+        molecule NLL per cell, :meth:`heldout_loss`, and its relative change),
+        ``nll_before``/``nll_after``/``nll_change`` (NLL of the cells' own counts),
+        ``mse_before``/``mse_after``/``mse_change`` (MSE of rates), and ``sparsity`` and
+        ``epochs`` (gradual) or ``delta`` (paper).
 
         Examples
         --------
@@ -329,32 +707,83 @@ class SparsityMixin:
         >>> 0 <= report["fraction_pruned"] <= 1
         True
         """
-        delta = _check_delta(delta)
         self._check_trained()
+        if sparsity is not None and delta is not None:
+            raise ValueError("Give sparsity (gradual pruning) or delta (the paper's), not both.")
+        if self.adata is None and (delta is None or adata is None):
+            raise ValueError(
+                "This model holds no data: gradual pruning fine-tunes on the training data "
+                "(ZIPO.load(path, adata=adata)); prune(delta=..., adata=...) judges the "
+                "paper's pruning on the given cells."
+            )
         data, indices = self._score_cells(adata)
-        before = self.get_reconstruction_error(data, indices, batch_size)
+        before = self._pruning_scores(data, indices, batch_size)
+        if delta is not None:
+            delta = _check_delta(delta)
+            layer = self.module.encoder.first
+            keep = prune_mask(self._first_weight(), delta)
+            set_mask(layer, torch.as_tensor(keep, device=layer.weight.device))
+            info: dict[str, float | str] = {"method": "delta", "delta": delta}
+        else:
+            sparsity = PRUNE_SCHEDULE["sparsity"] if sparsity is None else float(sparsity)
+            if not 0.0 <= sparsity < 1.0:
+                raise ValueError(f"sparsity must lie in [0, 1), not {sparsity!r}.")
+            info = self._prune_gradually(sparsity, weigh_by_input, batch_size, train_kwargs)
         layer = use_sparse_inference(self.module)
-        keep = torch.as_tensor(prune_mask(self._first_weight(), delta), device=layer.weight.device)
-        with torch.no_grad():
-            mask = keep.to(layer.weight.dtype)
-            if layer.mask is not None:
-                mask = mask * layer.mask
-            layer.weight.mul_(mask)
-            layer.mask = mask
-        after = self.get_reconstruction_error(data, indices, batch_size)
-        n_weights = mask.numel()
-        n_pruned = n_weights - int(mask.count_nonzero())
+        after = self._pruning_scores(data, indices, batch_size)
+        n_weights = layer.weight.numel()
+        n_pruned = n_weights - (
+            n_weights if layer.mask is None else int(layer.mask.count_nonzero())
+        )
+        report = {**info, "fraction_pruned": n_pruned / n_weights}
+        report.update(n_pruned=n_pruned, n_weights=n_weights)
+        for key in ("heldout", "nll", "mse"):
+            report[f"{key}_before"], report[f"{key}_after"] = before[key], after[key]
+            report[f"{key}_change"] = (after[key] - before[key]) / abs(before[key])
+        return report
+
+    def _prune_gradually(
+        self, sparsity: float, weigh_by_input: bool, batch_size: int | None, train_kwargs: dict
+    ) -> dict[str, float | str]:
+        layer = self.module.encoder.first
+        scale = self.input_scale(batch_size=batch_size) if weigh_by_input else None
+        defaults = self._train_defaults
+        batch = batch_size or defaults["batch_size"]
+        split = [
+            getattr(self, f"{part}_indices", None) for part in ("train", "validation", "test")
+        ]
+        kwargs: dict = {"enable_progress_bar": False}
+        if split[0] is not None and len(split[1]) > 0:  # the model's own split
+            kwargs["datasplitter_kwargs"] = {"external_indexing": [np.asarray(i) for i in split]}
+            n_train = len(split[0])
+        elif split[0] is not None:
+            kwargs["train_size"], n_train = 1.0, len(split[0])
+        else:
+            n_train = int(self.adata.n_obs * defaults["train_size"])
+        steps_per_epoch = max(math.ceil(n_train / batch), 1)
+        n_steps = max(PRUNE_SCHEDULE["min_steps"], PRUNE_SCHEDULE["min_epochs"] * steps_per_epoch)
+        prune_epochs = math.ceil(n_steps / steps_per_epoch)
+        callback = GradualPruning(layer, sparsity, n_steps, input_scale=scale)
+        patience = PRUNE_SCHEDULE["patience"]
+        kwargs.update(
+            max_epochs=prune_epochs + 20 * patience,
+            lr=defaults["lr_floor"],  # the end of the preset's schedule, not its warm start
+            lr_decay=1.0,
+            lr_patience=prune_epochs + defaults["lr_patience"],
+            early_stopping_patience=patience,
+            early_stopping_warmup_epochs=prune_epochs,
+            batch_size=batch,
+        )
+        kwargs.update(train_kwargs)
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), callback]
+        epochs_before = len(self.history["train_loss"]) if self.history else 0
+        self.train(**kwargs)
+        if not callback.done:  # training ended before the schedule did
+            set_mask(layer, magnitude_mask(layer, sparsity, scale))
         return {
-            "delta": delta,
-            "fraction_pruned": n_pruned / n_weights,
-            "n_pruned": n_pruned,
-            "n_weights": n_weights,
-            "nll_before": before["nll"],
-            "nll_after": after["nll"],
-            "nll_change": (after["nll"] - before["nll"]) / abs(before["nll"]),
-            "mse_before": before["mse"],
-            "mse_after": after["mse"],
-            "mse_change": (after["mse"] - before["mse"]) / abs(before["mse"]),
+            "method": "magnitude",
+            "sparsity": sparsity,
+            "epochs": len(self.history["train_loss"]) - epochs_before,
         }
 
     def first_layer_sparsity(self, deltas: Sequence[float] = DEFAULT_DELTAS) -> pd.Series:
@@ -427,21 +856,38 @@ class SparsityMixin:
         table["mse_change"] = (table["mse"] - base["mse"]) / abs(base["mse"])
         return table
 
+    def _gene_names(self) -> list[str]:
+        genes = self.adata_manager.get_state_registry(REGISTRY_KEYS.X_KEY).get("column_names")
+        return list(self.adata.var_names if genes is None else genes)
+
     def get_gene_modules(
-        self, n_top: int | None = None, min_weight: float = PRUNE_DELTA
+        self,
+        n_top: int | None = None,
+        min_weight: float = PRUNE_DELTA,
+        weigh_by_input: bool = True,
+        adata: AnnData | None = None,
     ) -> pd.DataFrame:
-        """For every first-layer neuron, the genes it uses and their normalised weights.
+        """For every first-layer neuron, the genes it uses, most important first.
+
+        A gene's importance to a neuron is ``|w| * scale``, with ``scale`` the standard
+        deviation of the gene's encoder input over cells (:meth:`input_scale`): ranking by
+        ``|w|`` alone lets rare genes, whose rarely non-zero input can carry a large weight,
+        top the modules.
 
         Parameters
         ----------
         n_top
-            At most this many genes per neuron, largest ``|weight|`` first; None: all.
+            At most this many genes per neuron; None: all.
         min_weight
-            Smallest normalised ``|weight|`` kept (default: the pruning delta, 1e-4).
+            Smallest normalised ``|weight|`` kept (default: 1e-4; pruned weights are zero).
+        weigh_by_input
+            Rank by ``|w| * scale`` (True) or by ``|w|``.
+        adata
+            Cells for the input scale; default: the training data.
 
         Returns
         -------
-        Tidy DataFrame with columns ``neuron``, ``gene``, ``weight`` (see
+        Tidy DataFrame with columns ``neuron``, ``gene``, ``weight``, ``importance`` (see
         :func:`gene_modules`).
 
         Examples
@@ -449,10 +895,55 @@ class SparsityMixin:
         >>> modules = model.get_gene_modules(n_top=10)
         >>> first = modules[modules.neuron == 0]
         """
-        genes = self.adata_manager.get_state_registry(REGISTRY_KEYS.X_KEY).get("column_names")
-        if genes is None:
-            genes = self.adata.var_names
-        return gene_modules(self._first_weight(), list(genes), n_top, min_weight)
+        scale = self.input_scale(adata) if weigh_by_input else None
+        return gene_modules(self._first_weight(), self._gene_names(), n_top, min_weight, scale)
+
+    def gene_module_coherence(
+        self,
+        n_top: int = 10,
+        adata: AnnData | None = None,
+        weigh_by_input: bool = True,
+        **kwargs,
+    ) -> pd.DataFrame:
+        """Whether each neuron's top genes are co-expressed (see :func:`module_coherence`).
+
+        Parameters
+        ----------
+        n_top
+            Genes per module (each neuron's most important, :meth:`get_gene_modules`).
+        adata
+            Cells whose log-normalised counts are correlated; default: the training data.
+        weigh_by_input
+            Rank genes by ``|w| * scale`` (True) or by ``|w|``.
+        **kwargs
+            Passed to :func:`module_coherence` (``n_random``, ``quantile``, ``seed``, ...).
+
+        Returns
+        -------
+        DataFrame indexed by neuron (every neuron; one without two genes is not coherent)
+        with ``genes`` (comma-separated) and the columns of :func:`module_coherence`. The
+        share of coherent modules is ``table["coherent"].mean()``.
+
+        Examples
+        --------
+        >>> table = model.gene_module_coherence()  # doctest: +SKIP
+        >>> table["coherent"].mean()  # doctest: +SKIP
+        """
+        adata = self._validate_anndata(adata)
+        counts = self.get_anndata_manager(adata, required=True).get_from_registry(
+            REGISTRY_KEYS.X_KEY
+        )
+        modules = self.get_gene_modules(n_top, weigh_by_input=weigh_by_input, adata=adata)
+        names = pd.Index(self._gene_names())
+        n_neurons = self.module.encoder.first.out_features
+        sets = [
+            names.get_indexer(modules.loc[modules["neuron"] == i, "gene"])
+            for i in range(n_neurons)
+        ]
+        table = module_coherence(log_normalized(counts), sets, **kwargs)
+        table.index = pd.RangeIndex(n_neurons, name="neuron")
+        table.insert(0, "genes", [",".join(names[g]) for g in sets])
+        return table
 
     def get_zero_inflation(
         self,

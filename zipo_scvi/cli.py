@@ -512,8 +512,12 @@ def _load_model(directory: str, adata=None):
 
 
 def _prune(args: argparse.Namespace) -> int:
-    if not 0.0 <= args.delta <= 1.0:
+    if args.delta is not None and not 0.0 <= args.delta <= 1.0:
         raise UserError(f"--delta must lie in [0, 1], not {args.delta:g}")
+    if args.sparsity is not None and not 0.0 <= args.sparsity < 1.0:
+        raise UserError(f"--sparsity must lie in [0, 1), not {args.sparsity:g}")
+    if args.delta is not None and args.sparsity is not None:
+        raise UserError("give --sparsity (gradual pruning) or --delta (the paper's), not both")
     source = Path(args.model_dir)
     out = Path(args.output) if args.output else source.with_name(source.name + "_pruned")
     adata = None
@@ -535,14 +539,21 @@ def _prune(args: argparse.Namespace) -> int:
         _check_outputs(args, {"--output": out}, None)
     elif not args.force:
         raise UserError(f"{str(out)!r} is the input model; pass --force to replace it")
-    result = model.prune(delta=args.delta)
+    result = model.prune(sparsity=args.sparsity, delta=args.delta)
     _save_model(model, out)
+    how = (
+        f"at delta {result['delta']:g}"
+        if result["method"] == "delta"
+        else f"by gradual magnitude pruning ({result['epochs']} epochs of fine-tuning)"
+    )
     print(
         f"pruned {result['fraction_pruned']:.2%} of first-layer weights "
-        f"({result['n_pruned']} of {result['n_weights']}) at delta {result['delta']:g}; "
-        f"NLL {result['nll_before']:.6g} -> {result['nll_after']:.6g} "
-        f"({result['nll_change']:+.3%}), MSE {result['mse_before']:.6g} -> "
-        f"{result['mse_after']:.6g} ({result['mse_change']:+.3%}); wrote {out}"
+        f"({result['n_pruned']} of {result['n_weights']}) {how}; held-out NLL "
+        f"{result['heldout_before']:.6g} -> {result['heldout_after']:.6g} "
+        f"({result['heldout_change']:+.3%}), NLL {result['nll_before']:.6g} -> "
+        f"{result['nll_after']:.6g} ({result['nll_change']:+.3%}), MSE "
+        f"{result['mse_before']:.6g} -> {result['mse_after']:.6g} "
+        f"({result['mse_change']:+.3%}); wrote {out}"
     )
     return EXIT_OK
 
@@ -711,21 +722,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-o", "--output", default="zipo_tuned.toml", help="best settings (.toml)")
     t.set_defaults(func=_tune)
 
-    from ._defaults import PRUNE_DELTA
+    from ._defaults import PRUNE_SCHEDULE
 
     p = sub.add_parser(
         "prune",
-        help="prune a saved model's first layer (paper III-E) and save the pruned model",
-        description="Zero the first-layer weights below delta of each neuron's largest, report "
-        "the sparsity and the NLL/MSE change on the saved data, and save the pruned model.",
+        help="prune a saved model's first layer and save the pruned model",
+        description="Gradual magnitude pruning of the first layer with fine-tuning on the saved "
+        "data, to a share of zeros (default "
+        f"{PRUNE_SCHEDULE['sparsity']:.0%}); or, with --delta, the paper's one-shot threshold "
+        "(zero the weights below delta of each neuron's largest). Reports the sparsity and the "
+        "held-out, NLL and MSE changes, and saves the pruned model.",
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="folder of zipo denoise --save-model")
-    p.add_argument("--delta", type=float, default=PRUNE_DELTA, help="threshold (paper: 1e-4)")
+    p.add_argument(
+        "--sparsity",
+        type=float,
+        help=f"share of first-layer weights set to zero (default {PRUNE_SCHEDULE['sparsity']:g})",
+    )
+    p.add_argument("--delta", type=float, help="the paper's threshold instead (paper: 1e-4)")
     p.add_argument(
         "--data",
         metavar="FILE",
-        help="counts to judge the pruning on (the model's genes); needed when the model was "
-        "saved without its data",
+        help="counts (the model's genes) to fine-tune and judge the pruning on; needed when the "
+        "model was saved without its data",
     )
     p.add_argument("-o", "--output", metavar="DIR", help="default: MODEL_DIR_pruned")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
