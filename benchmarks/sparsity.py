@@ -155,7 +155,8 @@ def _ldvae(train, test, seed: int) -> dict:
     import scvi
     from scvi.model import LinearSCVI
 
-    from zipo_scvi._sparsity import log_normalized, module_coherence
+    from zipo_scvi._metrics import log_normalise
+    from zipo_scvi._sparsity import module_coherence
 
     adata = _counts_only(train)
     scvi.settings.seed = seed
@@ -172,7 +173,7 @@ def _ldvae(train, test, seed: int) -> dict:
     denoised = model.get_normalized_expression(library_size="latent", return_numpy=True)
     loadings = model.get_loadings()
     sets = [np.argsort(-np.abs(loadings[c].to_numpy()))[:N_TOP] for c in loadings.columns]
-    table = module_coherence(log_normalized(adata.X), sets, **COHERENCE)
+    table = module_coherence(log_normalise(adata.X), sets, **COHERENCE)
     return {
         "method": "LDVAE (LinearSCVI)",
         "poisson": score_mcv(denoised, test, train)["poisson"],
@@ -423,13 +424,16 @@ def figure(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def marker_figure(results: list[dict], path: Path) -> None:
-    """Which pruned modules hold which group's top markers (count of the top-10 genes)."""
+def marker_figure(results: list[dict], path: Path) -> bool:
+    """Which pruned modules hold which group's top markers (count of the top-10 genes).
+
+    Returns whether there was anything to draw.
+    """
     from matplotlib.figure import Figure
 
     shown = [r for r in results if r.get("markers") and "input" in r.get("modules", {})]
     if not shown:
-        return
+        return False
     fig = Figure(figsize=(6 * len(shown), 7), layout="constrained")
     for ax, res in zip(fig.subplots(1, len(shown), squeeze=False)[0], shown):
         groups = res["markers"]
@@ -452,7 +456,17 @@ def marker_figure(results: list[dict], path: Path) -> None:
         )
         ax.set_xlabel("cell group: its top marker")
     fig.savefig(path, dpi=100)
+    return True
 
+
+MARKER_TEXT = """\
+Marker genes (pbmc3k: Leiden clusters of the log-normalised counts; hgmm1k: species) in the
+pruned model's modules: each row a first-layer neuron (labelled by its top 3 genes), each column
+a cell group (labelled by its top marker), colour = how many of the module's top-10 genes are
+among that group's top-{n_markers} markers (t-test):
+
+![modules and marker genes](benchmarks/results/sparsity/modules.png)
+"""
 
 PAGE_TEXT = """\
 `model.prune()` zeroes {target:.0%} of the first encoder layer's weights and fine-tunes the
@@ -493,13 +507,7 @@ gene programs, are the more coherent modules.
 
 ![held-out loss vs zeros; coherence](benchmarks/results/sparsity/sparsity.png)
 
-Marker genes (pbmc3k: Leiden clusters of the log-normalised counts; hgmm1k: species) in the
-pruned model's modules: each row a first-layer neuron (labelled by its top 3 genes), each column
-a cell group (labelled by its top marker), colour = how many of the module's top-10 genes are
-among that group's top-{n_markers} markers (t-test):
-
-![modules and marker genes](benchmarks/results/sparsity/modules.png)
-
+{markers}
 Speed of the pruned model ({speed_data}, one thread; latents of all cells, fastest of 3; one
 training epoch): training multiplies by the masked dense weights (no speed-up); inference uses a
 CSR product of the first layer when the mask keeps at most {max_density:.0%} of the weights.
@@ -570,7 +578,7 @@ def render() -> None:
     table = _markdown(summary_table(results))
     (OUT / "table.md").write_text(table + "\n\n" + _verdict(results) + "\n")
     figure(results, OUT / "sparsity.png")
-    marker_figure(results, OUT / "modules.png")
+    markers = marker_figure(results, OUT / "modules.png")
     speed, speed_data = _speed_table(results)
     (OUT / "speed_model.md").write_text(speed + "\n")
     meta_path = OUT / "meta.json"
@@ -588,7 +596,7 @@ def render() -> None:
         commands=" then ".join(f"`{c}`" for c in meta.get("commands", [])) or "(none yet)",
         table=table,
         verdict=_verdict(results),
-        n_markers=N_MARKERS,
+        markers=MARKER_TEXT.format(n_markers=N_MARKERS) if markers else "",
         speed_data=speed_data,
         max_density=SPARSE_MAX_DENSITY,
         speed=speed,

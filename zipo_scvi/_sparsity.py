@@ -26,7 +26,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from anndata import AnnData
 from lightning.pytorch.callbacks import Callback
@@ -35,6 +34,7 @@ from torch.nn.utils import prune as torch_prune
 
 from ._components import MaskedLinear
 from ._defaults import MOLECULE_SPLIT, PRUNE_DELTA, PRUNE_SCHEDULE
+from ._metrics import log_normalise
 from ._training import split_molecules
 
 #: Deltas of the sparsity and pruning curves (the paper's Fig. 10 spans 1e-6 .. 1e-1).
@@ -226,21 +226,6 @@ def gene_modules(
     )
 
 
-def log_normalized(counts, target: float = 1e4) -> np.ndarray:
-    """``log1p`` of counts scaled to ``target`` per cell, dense float32 (empty cells stay 0).
-
-    Examples
-    --------
-    >>> log_normalized(np.array([[1.0, 3.0], [0.0, 0.0]]), target=4.0).round(3).tolist()
-    [[0.693, 1.386], [0.0, 0.0]]
-    """
-    x = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
-    x = x.astype(np.float64, copy=False)
-    total = x.sum(axis=1, keepdims=True)
-    factor = np.divide(target, total, out=np.zeros_like(total), where=total > 0)
-    return np.log1p(x * factor).astype(np.float32)
-
-
 def module_coherence(
     expression: np.ndarray,
     modules: Sequence[Sequence[int]],
@@ -254,11 +239,11 @@ def module_coherence(
     """Test whether gene modules are co-expressed beyond detection-matched random gene sets.
 
     A module's coherence is the mean pairwise Pearson correlation, over cells, of its genes'
-    expression (pass log-normalised expression, :func:`log_normalized`). Its null is the same
-    statistic for ``n_random`` random gene sets of the same size in which each gene is drawn
-    from the same detection-rate bin (``n_bins`` quantile bins of the share of cells where a
-    gene is non-zero) as the module gene it stands for: frequent genes correlate more with each
-    other than rare ones, so an unmatched null would reward modules of frequent genes. A module
+    expression (pass log-normalised expression). Its null is the same statistic for
+    ``n_random`` random gene sets of the same size in which each gene is drawn from the same
+    detection-rate bin (``n_bins`` quantile bins of the share of cells where a gene is
+    non-zero) as the module gene it stands for: frequent genes correlate more with each other
+    than rare ones, so an unmatched null would reward modules of frequent genes. A module
     is coherent when its correlation exceeds the null's ``quantile``.
 
     Parameters
@@ -773,13 +758,14 @@ class SparsityMixin:
             early_stopping_patience=patience,
             early_stopping_warmup_epochs=prune_epochs,
             batch_size=batch,
+            restore_best=False,  # GradualPruning keeps the best epoch after the schedule
         )
         kwargs.update(train_kwargs)
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), callback]
         epochs_before = len(self.history["train_loss"]) if self.history else 0
         self.train(**kwargs)
-        if not callback.done:  # training ended before the schedule did
-            set_mask(layer, magnitude_mask(layer, sparsity, scale))
+        # the target even if training ended before the schedule did; zeros under the mask
+        set_mask(layer, magnitude_mask(layer, sparsity, scale))
         return {
             "method": "magnitude",
             "sparsity": sparsity,
@@ -940,7 +926,7 @@ class SparsityMixin:
             names.get_indexer(modules.loc[modules["neuron"] == i, "gene"])
             for i in range(n_neurons)
         ]
-        table = module_coherence(log_normalized(counts), sets, **kwargs)
+        table = module_coherence(log_normalise(counts), sets, **kwargs)
         table.index = pd.RangeIndex(n_neurons, name="neuron")
         table.insert(0, "genes", [",".join(names[g]) for g in sets])
         return table
