@@ -164,15 +164,18 @@ def test_tsv_dir_has_dca_layout_and_values(tmp_path, small, dispersion):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
 
 
-def test_tsv_dir_refuses_existing_folder_and_missing_outputs(tmp_path, small):
+def test_tsv_dir_replaces_only_its_own_files_and_refuses_missing_outputs(tmp_path, small):
     (tmp_path / "res").mkdir()
     (tmp_path / "res" / "keep.txt").write_text("x")
-    adata = _with_outputs(small)
-    with pytest.raises(FileExistsError):
+    adata = _with_outputs(small, dispersion=True)
+    write_tsv_dir(adata, tmp_path / "res")  # a folder holding other files is fine
+    assert (tmp_path / "res" / "keep.txt").read_text() == "x"
+    with pytest.raises(FileExistsError, match="mean.tsv"):
         write_tsv_dir(adata, tmp_path / "res")
-    assert (tmp_path / "res" / "keep.txt").exists()
+    del adata.layers["zipo_dispersion"]
     write_tsv_dir(adata, tmp_path / "res", overwrite=True)
-    assert not (tmp_path / "res" / "keep.txt").exists()
+    names = sorted(p.name for p in (tmp_path / "res").iterdir())
+    assert names == ["dropout.tsv", "keep.txt", "latent.tsv", "mean.tsv"]  # stale one gone
     with pytest.raises(KeyError, match="zipo_denoised"):
         write_tsv_dir(simulate_counts(n_cells=5, n_genes=4), tmp_path / "other")
 

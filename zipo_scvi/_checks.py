@@ -1,10 +1,13 @@
-"""Input checks: raw counts (finite, non-negative integers, non-empty), obs keys, saved genes."""
+"""Input checks: raw counts (finite non-negative integers), obs keys, saved genes, settings."""
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -16,6 +19,73 @@ if TYPE_CHECKING:
     from .data import BackedCollection
 
 _CHUNK = 10_000
+
+
+class ZipoWarning(UserWarning):
+    """Valid input that is probably not what was meant (the command line prints these)."""
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _sizes(value: Any, allow_empty: bool) -> bool:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        return False
+    return (allow_empty or len(value) > 0) and all(_integer(v) and v > 0 for v in value)
+
+
+#: What each numeric setting must be: name -> (description, test). Every way in (``ZIPO``,
+#: ``ZIPO.train``, config files, flags) goes through :func:`check_settings`.
+SETTING_RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "max_epochs": ("a positive integer", lambda v: _integer(v) and v > 0),
+    "batch_size": ("an integer of at least 2", lambda v: _integer(v) and v >= 2),
+    "train_size": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
+    "lr": ("a positive number", lambda v: _number(v) and v > 0),
+    "lr_decay": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
+    "lr_floor": ("a number >= 0", lambda v: _number(v) and v >= 0),
+    "lr_patience": ("an integer >= 0", lambda v: _integer(v) and v >= 0),
+    "lr_threshold": ("a number >= 0", lambda v: _number(v) and v >= 0),
+    "lr_factor": ("a number in (0, 1)", lambda v: _number(v) and 0 < v < 1),
+    "weight_decay": ("a number >= 0", lambda v: _number(v) and v >= 0),
+    "early_stopping_patience": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
+    "encoder_sizes": (
+        "a non-empty list of positive integers (the last is the number of latents)",
+        lambda v: _sizes(v, allow_empty=False),
+    ),
+    "decoder_sizes": ("a list of positive integers", lambda v: _sizes(v, allow_empty=True)),
+    "library_sizes": ("a list of positive integers", lambda v: _sizes(v, allow_empty=True)),
+    "input_dropout": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
+    "latent_noise": ("a number >= 0", lambda v: _number(v) and v >= 0),
+    **{
+        name: ("a number >= 0", lambda v: _number(v) and v >= 0)
+        for name in ("alpha_z", "alpha_w", "alpha_theta", "alpha_library")
+    },
+}
+
+
+def check_settings(values: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first setting outside its range (see ``SETTING_RANGES``).
+
+    ``None`` means "the default" and passes; names without a range are not checked here.
+
+    Examples
+    --------
+    >>> check_settings({"max_epochs": 0})
+    Traceback (most recent call last):
+    ...
+    ValueError: max_epochs must be a positive integer, not 0.
+    """
+    for name, value in values.items():
+        if name in SETTING_RANGES and value is not None:
+            what, ok = SETTING_RANGES[name]
+            if not ok(value):
+                shown = list(value) if isinstance(value, tuple) else value
+                raise ValueError(f"{name} must be {what}, not {shown!r}.")
 
 
 def _values(matrix) -> np.ndarray:

@@ -24,7 +24,7 @@ from scvi.data.fields import (
 )
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
-from ._checks import check_counts, check_obs_keys, check_saved_genes
+from ._checks import check_counts, check_obs_keys, check_saved_genes, check_settings
 from ._defaults import MOLECULE_SPLIT, TRAIN_PLAN_KEYS
 from ._defaults import preset as get_preset
 from ._module import ZiPoModule
@@ -45,7 +45,9 @@ from ._training import (
     RestoreBest,
     TrainingReport,
     ZiPoTrainingPlan,
+    check_plan_kwargs,
     loss_in_words,
+    training_split,
 )
 from .data._backed import BackedCollection
 from .data._h5ad import (
@@ -416,9 +418,9 @@ alpha_w, alpha_theta, alpha_library
         defaults = self._train_defaults
         if seed is not None:
             scvi.settings.seed = seed
+        max_epochs = defaults["max_epochs"] if max_epochs is None else max_epochs
+        batch_size = defaults["batch_size"] if batch_size is None else batch_size
         train_size = defaults["train_size"] if train_size is None else train_size
-        has_validation = train_size < 1.0 and self.adata.n_obs * (1 - train_size) >= 1
-        monitor = "validation_loss" if has_validation else "train_loss"
         plan = {k: defaults[k] for k in TRAIN_PLAN_KEYS}
         if lr is not None:
             plan["lr"] = lr
@@ -426,12 +428,33 @@ alpha_w, alpha_theta, alpha_library
             plan["validation"] = validation
         # the preset's schedule names (lr_decay, weight_decay, ...) may be given directly
         plan.update({k: trainer_kwargs.pop(k) for k in TRAIN_PLAN_KEYS if k in trainer_kwargs})
+        check_plan_kwargs(plan_kwargs)
         plan.update(plan_kwargs or {})
+        trainer_kwargs.setdefault("early_stopping_patience", defaults["early_stopping_patience"])
+        check_settings(
+            {
+                **plan,
+                "max_epochs": max_epochs,
+                "batch_size": batch_size,
+                "train_size": train_size,
+                "early_stopping_patience": trainer_kwargs["early_stopping_patience"],
+            }
+        )
+        split: dict[str, float | None] = {"train_size": train_size, "validation_size": None}
+        has_validation = train_size < 1.0
+        if not (datasplitter_kwargs or {}).get("external_indexing"):
+            n_obs = self.adata.n_obs
+            n_train, n_val = training_split(n_obs, train_size, batch_size)
+            has_validation = n_val > 0
+            # fractions that scvi's DataSplitter turns back into exactly n_train and n_val
+            split["train_size"] = (n_train - 0.5) / n_obs
+            if n_train + n_val < n_obs:  # cells left out, no validation (scvi's rule)
+                split["validation_size"] = 0.0
+        monitor = "validation_loss" if has_validation else "train_loss"
         plan["monitor"] = monitor
         #: How the validation loss of the last training was scored ("cells", "molecules";
         #: None without validation cells); read by zipo_scvi.pl.history.
         self.validation_mode = plan["validation"] if has_validation else None
-        max_epochs = max_epochs or defaults["max_epochs"]
         restore_best = defaults["restore_best"] if restore_best is None else restore_best
         if restore_best and early_stopping and has_validation:
             callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
@@ -439,7 +462,6 @@ alpha_w, alpha_theta, alpha_library
         _add_training_messages(
             trainer_kwargs, plan, monitor, early_stopping, has_validation, max_epochs
         )
-        trainer_kwargs.setdefault("early_stopping_patience", defaults["early_stopping_patience"])
         trainer_kwargs.setdefault("early_stopping_monitor", monitor)
         if has_validation:
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
@@ -450,12 +472,11 @@ alpha_w, alpha_theta, alpha_library
             max_epochs=max_epochs,
             accelerator=accelerator,
             devices=devices,
-            train_size=train_size,
-            validation_size=None,
-            batch_size=batch_size or defaults["batch_size"],
+            batch_size=batch_size,
             early_stopping=early_stopping,
             plan_kwargs=plan,
             datasplitter_kwargs=datasplitter_kwargs,
+            **split,
             **trainer_kwargs,
         )
 

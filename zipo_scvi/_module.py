@@ -12,6 +12,7 @@ from scvi.module import Classifier
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
+from ._checks import check_settings
 from ._components import (
     INPUT_TRANSFORMS,
     Decoder,
@@ -177,6 +178,19 @@ class ZiPoModule(BaseModuleClass):
         batch_adversary: float = _P["batch_adversary"],
     ):
         super().__init__()
+        check_settings(
+            {
+                "encoder_sizes": encoder_sizes,
+                "decoder_sizes": decoder_sizes,
+                "library_sizes": library_sizes,
+                "input_dropout": input_dropout,
+                "latent_noise": latent_noise,
+                "alpha_z": alpha_z,
+                "alpha_w": alpha_w,
+                "alpha_theta": alpha_theta,
+                "alpha_library": alpha_library,
+            }
+        )
         self.likelihood = get_likelihood(likelihood)
         self.transform = _lookup(INPUT_TRANSFORMS, input_transform, "input_transform")
         self.library_source = _lookup(LIBRARY_SOURCES, library_source, "library_source")

@@ -4,7 +4,11 @@ callbacks that say what training is doing (a progress bar and an end-of-training
 
 from __future__ import annotations
 
+import functools
+import inspect
+import math
 import time
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -20,6 +24,56 @@ from ._components import dense_input
 from ._defaults import MOLECULE_SPLIT, PAPER_TRAIN
 
 VALIDATION_MODES = ("cells", "molecules")
+
+
+def training_split(n_obs: int, train_size: float, batch_size: int) -> tuple[int, int]:
+    """Numbers of training and validation cells, with no last training minibatch of 1 or 2.
+
+    scvi-tools' own rule (:func:`scvi.dataloaders._data_splitting.validate_data_split` when no
+    ``train_size`` is given): the 1 or 2 cells of a short last minibatch move to the validation
+    cells (or, without validation, sit out training); BatchNorm cannot train on one cell. ZIPO
+    always passes a ``train_size``, which turns that rule off in scvi, so it is applied here.
+    A training set of 2 cells is kept as one minibatch.
+
+    Examples
+    --------
+    >>> training_split(285, 0.9, 256)  # 257 training cells would leave a minibatch of one
+    (256, 29)
+    """
+    from scvi.dataloaders._data_splitting import validate_data_split
+
+    with warnings.catch_warnings():  # scvi's notice that cells moved to validation
+        warnings.simplefilter("ignore")
+        n_train, n_val = validate_data_split(n_obs, train_size, None, batch_size, False, True)
+    if n_train == 0:  # 1 or 2 training cells in all: one minibatch of them
+        n_train = math.ceil(train_size * n_obs)
+        n_val = n_obs - n_train
+    if n_train < 2:
+        raise ValueError(
+            f"{n_obs} cells with train_size={train_size} leave {n_train} training cell; ZIPO "
+            "needs at least 2 (BatchNorm cannot train on one cell)."
+        )
+    return n_train, n_val
+
+
+def check_plan_kwargs(plan_kwargs) -> None:
+    """Raise ``ValueError`` naming ``plan_kwargs`` keys the training plans do not take."""
+    unknown = sorted(set(plan_kwargs or {}) - plan_parameters())
+    if unknown:
+        raise ValueError(
+            f"Unknown plan_kwargs {unknown}; valid ones are {sorted(plan_parameters())}."
+        )
+
+
+@functools.cache
+def plan_parameters() -> frozenset[str]:
+    """The names ``plan_kwargs`` may hold: arguments of the training plan and scvi's base plan."""
+    names = set()
+    for cls in (ZiPoTrainingPlan, TrainingPlan):
+        for name, p in inspect.signature(cls.__init__).parameters.items():
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                names.add(name)
+    return frozenset(names - {"self", "module", "loss_kwargs"})
 
 
 def split_molecules(

@@ -1,7 +1,8 @@
 """The ``zipo`` command line: denoise counts (or the embedded simulation), tune, prune, inspect.
 
 Exit codes: 0 success, 1 failure while running, 2 bad usage or input (one-line message, no
-traceback; set ``ZIPO_DEBUG=1`` to see the traceback of a failure).
+traceback; set ``ZIPO_DEBUG=1`` to see the traceback of a failure), 130 after SIGINT (Ctrl-C)
+and 143 after SIGTERM (temporary files are removed: each output is either complete or absent).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import inspect
 import logging
 import os
 import shlex
-import shutil
+import signal
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,42 @@ EMBEDDED = {"n_cells": 2000, "n_genes": 1000, "n_groups": 5, "seed": 0}
 
 class UserError(Exception):
     """A problem with the user's input or arguments (exit code 2, no traceback)."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: unwinds the run (temporary files are removed on the way).
+
+    Not a ``KeyboardInterrupt``, which Lightning catches and turns into ``sys.exit(1)``; its
+    own SIGTERM handling would end training quietly and let the run finish with exit 0.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)"}
+
+
+def _on_signal(signum: int, frame) -> None:
+    for other in _SIGNALS:  # a second signal must not break the clean-up of the first
+        signal.signal(other, _remember)
+    _remember(signum, frame)
+    raise Interrupted(signum)
+
+
+def _remember(signum: int, frame) -> None:
+    _received.append(signum)
+
+
+#: Signals received during this run (checked at the end, should a raise have been swallowed).
+_received: list[int] = []
+
+
+def _quiet_unraisable(unraisable) -> None:
+    """No traceback for an ``Interrupted`` raised where Python cannot propagate it."""
+    if not isinstance(unraisable.exc_value, Interrupted):
+        sys.__unraisablehook__(unraisable)
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
@@ -99,17 +137,85 @@ def _check_input(args: argparse.Namespace) -> str | None:
         raise UserError(str(err)) from err
 
 
-def _check_outputs(args: argparse.Namespace, paths: dict[str, Path], source: Path | None):
-    """Refuse outputs that exist (without --force) or that would replace the input."""
-    for flag, path in paths.items():
-        if source is not None and source.exists():
-            inside = path.is_dir() and source.resolve().is_relative_to(path.resolve())
-            if path.resolve() == source.resolve() or inside:
-                raise UserError(f"{flag} {str(path)!r} would overwrite the input")
+#: The files of a --save-model folder (scvi-tools' ``save``); nothing else there is touched.
+MODEL_FILES = ("model.pt", "adata.h5ad")
+
+
+def _folder_files(flag: str) -> tuple[str, ...]:
+    """The only names zipo writes (and, with --force, replaces) in a folder output."""
+    if flag == "--tsv-dir":
+        from .data._io import TSV_FILES
+
+        return TSV_FILES
+    if flag == "--report":
+        from .pl._plots import REPORT_FILES
+
+        return REPORT_FILES
+    return MODEL_FILES
+
+
+def _check_writable(flag: str, path: Path) -> None:
+    """The nearest existing folder above ``path`` is a folder this process can write in."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {str(path)!r}: {str(parent)!r} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        reason = err.strerror or err.__class__.__name__
+        raise UserError(
+            f"{flag} {str(path)!r}: cannot write in {str(parent)!r} ({reason})"
+        ) from err
+
+
+def _check_outputs(
+    args: argparse.Namespace,
+    files: dict[str, Path],
+    folders: dict[str, Path] | None = None,
+    source: Path | None = None,
+) -> None:
+    """Refuse, before any training, outputs that could lose data or fail at the end.
+
+    Refused: an output that is the input or lies in an input folder; an output file that is a
+    folder; a folder output that is a file, lies in another folder output or holds the input or
+    another folder output; an existing output without --force; a place that cannot be written.
+    zipo writes only its own file names in a folder output and never deletes anything else.
+    """
+    folders = folders or {}
+    given = source is not None and source.exists()
+    src = source.resolve() if given else None
+    for flag, folder in folders.items():
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{flag} {str(folder)!r} is a file, not a folder")
+        place = folder.resolve()
+        if src is not None and (src.is_relative_to(place) or place.is_relative_to(src)):
+            raise UserError(
+                f"{flag} {str(folder)!r} holds the input {str(source)!r}; "
+                "choose a folder of its own"
+            )
+        # a file output may sit in a folder output (DCA's OUTDIR layout); zipo's names differ
+        inside = {f: p for f, p in folders.items() if f != flag}
+        for other, path in inside.items():
+            if path.resolve().is_relative_to(place):
+                raise UserError(
+                    f"{other} {str(path)!r} lies in the {flag} folder {str(folder)!r}; "
+                    "give each output a place of its own"
+                )
+    every = dict(files)
+    for flag, folder in folders.items():
+        every.update({f"{flag} ({name})": folder / name for name in _folder_files(flag)})
+    for flag, path in every.items():
+        place = path.resolve()
+        if src is not None and (place == src or place.is_relative_to(src)):
+            raise UserError(f"{flag} {str(path)!r} would overwrite the input")
+        if path.is_dir():
+            raise UserError(f"{flag} {str(path)!r} is a folder; zipo writes a file there")
         if path.exists() and not args.force:
-            if path.is_dir() and not any(path.iterdir()):
-                continue
             raise UserError(f"{str(path)!r} exists; pass --force to overwrite it")
+        _check_writable(flag.split(" ")[0], path)
 
 
 def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
@@ -123,6 +229,30 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
     except ConfigError as err:
         raise UserError(str(err)) from err
     return file_settings, flags
+
+
+def _check_values(settings: dict[str, dict[str, Any]]) -> None:
+    """Every setting in its range (epochs, sizes, penalties, plan_kwargs), before any training."""
+    from ._checks import check_settings
+    from ._training import check_plan_kwargs
+
+    train = settings.get("train", {})
+    try:
+        check_settings({**settings.get("model", {}), **train, **(train.get("plan_kwargs") or {})})
+        check_plan_kwargs(train.get("plan_kwargs"))
+    except ValueError as err:
+        raise UserError(str(err)) from err
+
+
+def _check_split(adata, settings: dict[str, dict[str, Any]]) -> None:
+    """Enough cells to train on with these settings (see ``training_split``)."""
+    from ._training import training_split
+
+    train = settings["train"]
+    try:
+        training_split(adata.n_obs, train["train_size"], train["batch_size"])
+    except ValueError as err:
+        raise UserError(str(err)) from err
 
 
 def _set_threads(run: dict[str, Any]) -> None:
@@ -158,17 +288,14 @@ def _setup(adata, setup_kwargs: dict[str, Any]) -> None:
 
 
 def _save_model(model, path: Path, save_anndata: bool = True) -> None:
-    """Save the model (and its data) through a temporary folder (no half-written folder)."""
-    from .data._io import replace_path
+    """Save the model (and its data) through a temporary folder, then move its files into place.
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    Only ``model.pt`` and ``adata.h5ad`` are replaced in ``path``; nothing else there is touched.
+    """
+    from .data._io import atomic_output
+
+    with atomic_output(path, directory=True, owned=MODEL_FILES) as tmp:
         model.save(str(tmp), overwrite=True, save_anndata=save_anndata)
-        replace_path(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -285,10 +412,12 @@ def _denoise(args: argparse.Namespace) -> int:
     paths = {"--output": out}
     if args.model is None:
         paths["--output (settings)"] = settings_path(out)
+    folders = {}
     for flag in ("save_model", "tsv_dir", "report"):
         if getattr(args, flag):
-            paths["--" + flag.replace("_", "-")] = Path(getattr(args, flag))
-    _check_outputs(args, paths, Path(args.input) if args.input else None)
+            folders["--" + flag.replace("_", "-")] = Path(getattr(args, flag))
+    _check_outputs(args, paths, folders, Path(args.input) if args.input else None)
+    paths.update(folders)
     file_settings, flags = _settings(args)
 
     from . import __version__
@@ -301,6 +430,7 @@ def _denoise(args: argparse.Namespace) -> int:
         settings = resolve(file_settings, flags)
     except ConfigError as err:
         raise UserError(str(err)) from err
+    _check_values(settings)
     _set_threads(settings["run"])
     backed = _wants_backed(args, fmt, settings)
     if backed:
@@ -313,6 +443,7 @@ def _denoise(args: argparse.Namespace) -> int:
     transform_batch, label_key = _check_batch_outputs(adata, settings)
     _setup(adata, settings["setup"])
     model_kwargs, train_kwargs = zipo_arguments(settings)
+    _check_split(adata, settings)
     try:
         model = ZIPO(adata, **model_kwargs)
         model._batch_code(transform_batch)  # a batch the data has, before training
@@ -435,7 +566,7 @@ def _tune(args: argparse.Namespace) -> int:
         raise UserError(f"output {str(out)!r} must end in .toml")
     if args.n_trials < 1:
         raise UserError(f"--n-trials must be at least 1, not {args.n_trials}")
-    _check_outputs(args, {"--output": out}, Path(args.input) if args.input else None)
+    _check_outputs(args, {"--output": out}, source=Path(args.input) if args.input else None)
     file_settings, flags = _settings(args)
 
     from . import __version__
@@ -449,6 +580,7 @@ def _tune(args: argparse.Namespace) -> int:
         seed = resolve(file_settings, flags)["train"]["seed"]
     except ConfigError as err:
         raise UserError(str(err)) from err
+    _check_values(given)
     _set_threads(given["run"])
     adata, source = _read(args, given["run"].get("transpose"))
     _say(args, f"read {adata.n_obs} cells x {adata.n_vars} genes from {source}")
@@ -536,7 +668,7 @@ def _prune(args: argparse.Namespace) -> int:
             "(model.save(DIR, save_anndata=True); zipo denoise --save-model does)"
         )
     if out.resolve() != source.resolve():
-        _check_outputs(args, {"--output": out}, None)
+        _check_outputs(args, {}, {"--output": out})
     elif not args.force:
         raise UserError(f"{str(out)!r} is the input model; pass --force to replace it")
     result = model.prune(sparsity=args.sparsity, delta=args.delta)
@@ -775,21 +907,34 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(os.environ.get("ZIPO_DEBUG"))
     if not debug:
         _quiet_libraries(getattr(args, "quiet", False))
+    _received.clear()
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {signum: signal.signal(signum, _on_signal) for signum in _SIGNALS}
+    hook, sys.unraisablehook = sys.unraisablehook, _quiet_unraisable
     try:
-        return args.func(args)
+        code = args.func(args)
+        if _received:  # a signal whose exception was swallowed on the way
+            raise Interrupted(_received[0])
+        return code
     except UserError as err:
         message = " ".join(str(err).split())  # one line, whatever the underlying error said
         print(f"zipo: error: {message}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("zipo: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Interrupted) as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"zipo: {_SIGNALS[signum]}", file=sys.stderr)
+        return 128 + signum
     except Exception as err:
         if debug:
             raise
         detail = f"{err.__class__.__name__}: {_first_line(err)}"
         print(f"zipo: failed: {detail} (set ZIPO_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        sys.unraisablehook = hook
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

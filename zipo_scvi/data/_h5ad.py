@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import h5py
@@ -27,7 +26,10 @@ _EMPTY_ELEMENTS = ("layers", "obsm", "obsp", "uns", "varm", "varp")
 
 @contextlib.contextmanager
 def atomic_h5ad(path: str | os.PathLike, source: str | os.PathLike | None = None):
-    """Open ``path + ".tmp"`` for writing and rename it to ``path`` when the block succeeds.
+    """Open a new temporary file beside ``path`` and move it onto ``path`` when the block succeeds.
+
+    See :func:`~zipo_scvi.data._io.atomic_output` (unique name, user's umask, removed on any
+    exception, signals included).
 
     Parameters
     ----------
@@ -41,24 +43,19 @@ def atomic_h5ad(path: str | os.PathLike, source: str | os.PathLike | None = None
     ------
     The open :class:`h5py.File`.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with h5py.File(tmp, "w") as dst:
-            if source is not None:
-                with h5py.File(source, "r") as src:
-                    for key, value in src.attrs.items():
-                        dst.attrs[key] = value
-                    for key in src:
-                        src.copy(src[key], dst, name=key)
-            else:
-                dst.attrs["encoding-type"] = "anndata"
-                dst.attrs["encoding-version"] = "0.1.0"
-            yield dst
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from ._io import atomic_output
+
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as dst:
+        if source is not None:
+            with h5py.File(source, "r") as src:
+                for key, value in src.attrs.items():
+                    dst.attrs[key] = value
+                for key in src:
+                    src.copy(src[key], dst, name=key)
+        else:
+            dst.attrs["encoding-type"] = "anndata"
+            dst.attrs["encoding-version"] = "0.1.0"
+        yield dst
 
 
 def append_rows(f: h5py.File, key: str, block: sp.spmatrix, first: bool) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,10 @@ SUPPORTED_INPUTS = (
     ".h5ad, 10x .h5, a 10x mtx folder (or its matrix.mtx[.gz]), .csv, .tsv or .txt "
     "(optionally .gz)"
 )
+
+
+#: The files of a ``--tsv-dir`` folder (``write_tsv_dir``); nothing else there is touched.
+TSV_FILES = tuple(output.tsv for output in FILE_OUTPUTS if output.tsv is not None)
 
 
 class InputError(ValueError):
@@ -305,6 +311,62 @@ def _first_line(err: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------- writers
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _user_mode(path: Path) -> None:
+    """Give a finished output the mode a plain ``open``/``mkdir`` would: 0666/0777 minus umask.
+
+    ``tempfile`` creates its files 0600 and folders 0700, which would hide outputs from the
+    user's group.
+    """
+    full = 0o777 if path.is_dir() else 0o666
+    os.chmod(path, full & ~_umask())
+
+
+@contextlib.contextmanager
+def atomic_output(
+    path: str | os.PathLike, directory: bool = False, owned: Iterable[str] = ()
+) -> Iterator[Path]:
+    """Write an output under a new temporary name beside it, then move it into place.
+
+    Yields a fresh path ``.NAME.XXXX.tmp`` in the destination's folder (a file, or a folder
+    with ``directory=True``). When the block ends normally the file replaces ``path``, or the
+    folder's files are moved into the folder ``path`` (see :func:`replace_files`); on any
+    exception, ``KeyboardInterrupt`` and the command line's signals included, the temporary
+    name is removed and ``path`` is left as it was. ``owned``: for a folder, the names of the
+    files this kind of output writes (stale ones are removed; nothing else in the folder is).
+
+    Examples
+    --------
+    >>> with atomic_output("out.h5ad") as tmp:  # doctest: +SKIP
+    ...     adata.write_h5ad(tmp)
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if directory:
+            replace_files(tmp, out, owned)
+        else:
+            _user_mode(tmp)
+            os.replace(tmp, out)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        elif tmp.exists():
+            tmp.unlink()
+
+
 def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike) -> None:
     """Write an AnnData to ``path`` through a temporary file, so a failure leaves no partial file.
 
@@ -319,16 +381,8 @@ def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike) -> None:
     --------
     >>> write_h5ad_atomic(adata, "out.h5ad")
     """
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         adata.write_h5ad(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_text_atomic(text: str, path: str | os.PathLike) -> None:
@@ -345,25 +399,36 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> None:
     --------
     >>> write_text_atomic("seed = 0", "run.toml")
     """
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
 
 
-def replace_path(tmp: Path, dest: Path) -> None:
-    """Move a finished file or folder ``tmp`` onto ``dest``, removing what ``dest`` held."""
-    if dest.is_dir():
-        shutil.rmtree(dest)
-    elif dest.exists():
-        dest.unlink()
-    os.replace(tmp, dest)
+def replace_files(tmp: Path, dest: Path, owned: Iterable[str] = ()) -> list[Path]:
+    """Move the files of a finished folder ``tmp`` into the folder ``dest``, one by one.
+
+    Only the files named in ``tmp`` are replaced in ``dest``, plus the names in ``owned`` that
+    this output did not write this time (stale outputs of an earlier run, such as a
+    ``dispersion.tsv`` beside a Poisson run's files); anything else in ``dest`` is kept.
+    ``dest`` is created (with the user's umask) if it does not exist.
+
+    Returns
+    -------
+    The paths written in ``dest``.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for item in sorted(tmp.iterdir()):
+        _user_mode(item)
+        target = dest / item.name
+        if target.is_dir() and not target.is_symlink():
+            raise IsADirectoryError(f"{str(target)!r} is a folder; zipo writes a file there")
+        os.replace(item, target)
+        written.append(target)
+    for name in owned:
+        stale = dest / name
+        if stale not in written and stale.is_file():
+            stale.unlink()
+    return written
 
 
 def _dense(matrix) -> np.ndarray:
@@ -408,15 +473,18 @@ def write_tsv_dir(
     >>> files = write_tsv_dir(adata, "results/")
     """
     out = Path(directory)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{str(out)!r} exists; pass overwrite=True to replace it")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{str(out)!r} is a file, not a folder")
+    existing = [name for name in TSV_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{str(out / existing[0])!r} exists; pass overwrite=True to replace it"
+        )
     for what in ("denoised", "latent"):
         attr, key = OUTPUT_BY_KEY[what].slot, OUTPUT_BY_KEY[what].name
         if key not in getattr(adata, attr):
             raise KeyError(f"adata.{attr} has no {key!r}; run ZIPO (or `zipo denoise`) first")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_output(out, directory=True, owned=TSV_FILES) as tmp:
         for output in FILE_OUTPUTS:
             if output.tsv is None or output.name not in getattr(adata, output.slot):
                 continue
@@ -427,8 +495,5 @@ def write_tsv_dir(
                 columns = [f"latent_{i}" for i in range(values.shape[1])]
                 frame = pd.DataFrame(values, index=adata.obs_names, columns=columns)
             frame.to_csv(tmp / output.tsv, sep="\t", float_format="%.6g")
-        replace_path(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return sorted(out.glob("*.tsv"))
+        names = sorted(p.name for p in tmp.iterdir())
+    return [out / name for name in names]

@@ -359,6 +359,10 @@ def zero_inflation(
     return fig
 
 
+#: The files :func:`report` writes with the default ``basis`` (``zipo denoise --report``).
+REPORT_FILES = ("history.png", "latent_umap.png", "denoised_vs_raw.png", "zero_inflation.png")
+
+
 def report(
     adata: AnnData,
     directory: str | os.PathLike,
