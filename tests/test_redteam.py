@@ -371,3 +371,28 @@ def test_swallowed_signal_still_ends_with_its_exit_code(workdir, capsys, monkeyp
     assert main(_denoise("-o", "o.h5ad")) == 130
     assert capsys.readouterr().err.rstrip().splitlines()[-1] == "zipo: interrupted"
     assert _leftovers(workdir) == []
+
+
+# ------------------------------------------------------------------ 8. messages that say it
+def test_getter_messages_gene_list_string_and_empty_indices(adata):
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, **TINY)
+    gene = adata.var_names[3]
+    one = model.get_normalized_expression(gene_list=gene)  # one gene, not its letters
+    assert list(one.columns) == [gene]
+    with pytest.raises(ValueError, match="indices is empty"):
+        model.get_latent_representation(indices=[])
+
+
+def test_misspelt_table_suggests_the_table(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text("[trian]\nmax_epochs = 2\n")
+    assert main(["denoise", "-o", str(tmp_path / "o.h5ad"), "--config", str(config)]) == 2
+    assert "unknown table [trian] (did you mean [train]?)" in _one_error_line(capsys)
+
+
+def test_first_line_keeps_quotes_inside_the_message():
+    from zipo_scvi.cli import _first_line
+
+    assert _first_line(ValueError("'a' is not 'b'")) == "'a' is not 'b'"
+    assert _first_line(KeyError("no key 'x'")) == "no key 'x'"

@@ -257,6 +257,11 @@ def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
                 if owner is not None and owner != key:
                     raise ConfigError(f"{where}: {sub!r} belongs in [{owner}], not [{key}]")
                 out[key][sub] = check_value(sub, sub_value, where)
+        elif isinstance(value, dict) and _group_of(key) is None:
+            tables = [*GROUPS, "search"]
+            close = difflib.get_close_matches(key, tables, n=1)
+            hint = f"did you mean [{close[0]}]?" if close else "tables: " + ", ".join(tables)
+            raise ConfigError(f"{p.name}: unknown table [{key}] ({hint})")
         else:
             out[_group_of(key) or "run"][key] = check_value(key, value, p.name)
     return out

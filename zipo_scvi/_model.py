@@ -487,6 +487,8 @@ alpha_w, alpha_theta, alpha_library
         indices: Sequence[int] | None,
         batch_size: int | None,
     ) -> Iterator[dict[str, torch.Tensor]]:
+        if indices is not None and len(indices) == 0:
+            raise ValueError("indices is empty; give at least one cell (or None for all).")
         adata = self._validate_anndata(adata)
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         self.module.eval()
@@ -707,6 +709,8 @@ alpha_w, alpha_theta, alpha_library
             pool = np.arange(adata_.n_obs) if indices is None else np.asarray(indices)
             indices = np.random.default_rng(scvi.settings.seed).choice(pool, n_samples_overall)
         genes = np.arange(adata_.n_vars)
+        if isinstance(gene_list, str):  # one gene, not its letters
+            gene_list = [gene_list]
         if gene_list is not None:
             missing = [g for g in gene_list if g not in adata_.var_names]
             if missing:

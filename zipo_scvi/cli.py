@@ -72,7 +72,9 @@ def _say(args: argparse.Namespace, message: str) -> None:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().strip("'\"").splitlines()
+    # a KeyError's str() quotes its message: take the message itself, other quotes are kept
+    message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    text = str(message).strip().splitlines()
     return text[0] if text else err.__class__.__name__
 
 
