@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import FAST, TINY
@@ -396,3 +397,13 @@ def test_first_line_keeps_quotes_inside_the_message():
 
     assert _first_line(ValueError("'a' is not 'b'")) == "'a' is not 'b'"
     assert _first_line(KeyError("no key 'x'")) == "no key 'x'"
+
+
+def test_covariate_messages_name_the_column(adata):
+    adata.obs["batch"] = adata.obs["batch"].astype(object)
+    adata.obs.iloc[:3, adata.obs.columns.get_loc("batch")] = np.nan
+    with pytest.raises(ValueError, match=r"adata.obs\['batch'\] has no value \(NaN\) for 3 of"):
+        ZIPO.setup_anndata(adata, batch_key="batch")
+    adata.obs["note"] = "x"
+    with pytest.raises(ValueError, match="Continuous covariate 'note' holds non-numeric"):
+        ZIPO.setup_anndata(adata, continuous_covariate_keys=["note"])

@@ -165,8 +165,21 @@ def check_obs_keys(
         raise ValueError(
             f"Key(s) {missing} not found in adata.obs (available: {list(adata.obs.columns)})."
         )
+    for key in [batch_key, *(categorical_covariate_keys or [])]:
+        if key is not None:
+            empty = int(pd.isna(adata.obs[key]).sum())
+            if empty:
+                raise ValueError(
+                    f"adata.obs[{key!r}] has no value (NaN) for {empty} of {adata.n_obs} cells; "
+                    "fill them (e.g. with 'unknown') or drop those cells."
+                )
     for key in continuous_covariate_keys or []:
-        values = np.asarray(adata.obs[key], dtype=float)
+        try:
+            values = np.asarray(adata.obs[key], dtype=float)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"Continuous covariate {key!r} holds non-numeric values ({err})."
+            ) from err
         if not np.isfinite(values).all():
             raise ValueError(f"Continuous covariate {key!r} holds NaN or infinite values.")
 
