@@ -72,8 +72,8 @@ def best_settings(study) -> dict[str, Any]:
     Returns
     -------
     ``{"preset": ..., "model_kwargs": {...}, "train_kwargs": {...}}``; ``model_kwargs`` go to
-    ``ZIPO(adata, preset=..., **model_kwargs)`` (or use :meth:`ZIPO.from_study
-    <zipo_scvi.ZIPO.from_study>`), ``train_kwargs`` to ``model.train``.
+    ``ZIPO(adata, preset=..., **model_kwargs)`` (or use
+    :meth:`~zipo_scvi.ZIPO.from_study`), ``train_kwargs`` to ``model.train``.
 
     Raises
     ------
