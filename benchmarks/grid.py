@@ -40,7 +40,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._harness import REPO, SIM_DEFAULTS, machine_info, mcv_split, score_mcv
-from benchmarks.run_benchmark import METHODS, evaluate, load_dataset
+from benchmarks.run_benchmark import evaluate, load_dataset, parse_methods
 from zipo_scvi._defaults import ERROR_BAR_LAMBDA
 
 CONTROL = "none (D = X)"
@@ -241,13 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        methods = dict(METHODS)
-        for spec in args.method:
-            label, _, rest = spec.partition("=")
-            runner, _, kw = rest.partition(":")
-            methods[label] = (runner, json.loads(kw) if kw else {})
-        if args.only:
-            methods = {k: v for k, v in methods.items() if k in [*args.only, CONTROL]}
+        methods = parse_methods(args.method, args.only and [*args.only, CONTROL])
         points = [p for p in GRID if not args.points or p.name in args.points]
         rows_path = out / "rows.csv"
         old = pd.read_csv(rows_path) if rows_path.exists() else pd.DataFrame()

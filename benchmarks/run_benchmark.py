@@ -307,6 +307,18 @@ def figure(summary: pd.DataFrame, dataset: str, path: Path) -> None:
     plt.close(fig)
 
 
+def parse_methods(specs: list[str], only: list[str] | None = None) -> dict:
+    """:data:`METHODS` plus ``--method LABEL=RUNNER[:JSON]`` specs, cut to ``only`` if given."""
+    methods = dict(METHODS)
+    for spec in specs:
+        label, _, rest = spec.partition("=")
+        runner, _, kw = rest.partition(":")
+        methods[label] = (runner, json.loads(kw) if kw else {})
+    if only:
+        methods = {k: v for k, v in methods.items() if k in only}
+    return methods
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -348,13 +360,7 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
 
-    methods = dict(METHODS)
-    for spec in args.method:
-        label, _, rest = spec.partition("=")
-        runner, _, kw = rest.partition(":")
-        methods[label] = (runner, json.loads(kw) if kw else {})
-    if args.only:
-        methods = {k: v for k, v in methods.items() if k in args.only}
+    methods = parse_methods(args.method, args.only)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
