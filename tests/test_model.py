@@ -7,7 +7,6 @@ import scipy.sparse as sp
 import torch
 
 from zipo_scvi import ZIPO, ZiPoModule, preset
-from zipo_scvi._training import split_molecules
 from zipo_scvi.data import simulate_counts
 
 from .conftest import FAST, TINY
@@ -264,13 +263,6 @@ def test_eval_latents_stay_on_the_scale_of_training(adata):
     held_out = adata[m.validation_indices].copy()
     z = m.get_latent_representation(held_out)
     assert np.abs(z).max() < 100 * z.std(0).mean() + 1
-
-
-def test_split_molecules_is_a_partition():
-    x = torch.poisson(torch.full((50, 40), 5.0))
-    a, b = split_molecules(x, 0.9, torch.Generator().manual_seed(0))
-    assert torch.equal(a + b, x) and (a >= 0).all() and (b >= 0).all()
-    assert abs(a.sum() / x.sum() - 0.9) < 0.02
 
 
 def test_unknown_arguments_are_clear_errors(adata):

@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 
+from ._components import dense_input
 from ._defaults import ERROR_BAR_LAMBDA
 
 
@@ -22,46 +24,64 @@ def _dense(x: Any) -> np.ndarray:
     return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
 
 
-def thin_counts(
-    counts: Any, fraction: float, seed: int | np.random.Generator
-) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+def thin_counts(counts: Any, fraction: float, seed: Any = None) -> tuple[Any, Any]:
     """Split counts by binomial thinning: ``X ~ Binomial(n, fraction)``, ``Y = n - X``.
 
-    Counts are rounded first. Each stored count is thinned in row-major order, so a dense and a
-    sparse copy of the same counts give the same split.
+    The one thinning of the package and the benchmarks: the training's held-out-molecule
+    validation (``validation="molecules"``, :meth:`~zipo_scvi.ZIPO.heldout_loss`) thins torch
+    minibatches; molecular cross-validation (:meth:`~zipo_scvi.ZIPO.tune`, the benchmarks'
+    ``mcv_split``) thins numpy or scipy matrices. Counts are rounded first and must not be
+    negative. The draws come from the generator of the input's library (torch's for a tensor,
+    numpy's otherwise), so each path keeps the split it has always drawn for a seed.
 
     Parameters
     ----------
     counts
-        Cells x genes counts (dense or sparse).
+        Cells x genes counts: a torch tensor (dense or sparse, on the CPU), or a numpy array or
+        scipy sparse matrix.
     fraction
         Share of the molecules kept in ``X``, in ``(0, 1)``.
     seed
-        Seed or generator of the thinning.
+        For a tensor: a :class:`torch.Generator`, an integer seed of one, or ``None`` (torch's
+        global generator). Otherwise: an integer seed or a :class:`numpy.random.Generator`.
 
     Returns
     -------
-    ``(X, Y)`` as float64 CSR matrices (``X`` without explicit zeros).
+    ``(X, Y)``: for a tensor, two dense tensors of its dtype; otherwise two float64 CSR
+    matrices (``X`` without explicit zeros), each stored count thinned in row-major order, so a
+    dense and a sparse copy of the same counts give the same split.
 
     Examples
     --------
-    >>> import numpy as np
+    >>> import numpy as np, torch
     >>> x, y = thin_counts(np.array([[3.0, 0.0], [1.0, 5.0]]), 0.5, seed=0)
     >>> (x + y).toarray()
     array([[3., 0.],
            [1., 5.]])
+    >>> x, y = thin_counts(torch.tensor([[3.0, 0.0], [1.0, 5.0]]), 0.5, seed=0)
+    >>> x + y
+    tensor([[3., 0.],
+            [1., 5.]])
     """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must lie in (0, 1), not {fraction}.")
-    counts = sp.csr_matrix(counts, dtype=np.float64)
-    counts.sort_indices()
-    counts.data = np.rint(counts.data)
-    if (counts.data < 0).any():
+    if isinstance(counts, torch.Tensor):
+        n = torch.round(dense_input(counts))
+        if (n < 0).any():
+            raise ValueError("Binomial thinning needs non-negative counts.")
+        if seed is not None and not isinstance(seed, torch.Generator):
+            seed = torch.Generator(device=n.device).manual_seed(int(seed))
+        kept = torch.binomial(n, torch.full_like(n, fraction), generator=seed)
+        return kept, n - kept
+    n = sp.csr_matrix(counts, dtype=np.float64)
+    n.sort_indices()
+    n.data = np.rint(n.data)
+    if (n.data < 0).any():
         raise ValueError("Binomial thinning needs non-negative counts.")
-    rng = np.random.default_rng(seed)
-    kept = counts.copy()
-    kept.data = rng.binomial(counts.data.astype(np.int64), fraction).astype(np.float64)
-    held_out = counts - kept
+    kept = n.copy()
+    draws = np.random.default_rng(seed).binomial(n.data.astype(np.int64), fraction)
+    kept.data = draws.astype(np.float64)
+    held_out = n - kept
     kept.eliminate_zeros()
     return kept, sp.csr_matrix(held_out)
 

@@ -34,8 +34,7 @@ from torch.nn.utils import prune as torch_prune
 
 from ._components import MaskedLinear
 from ._defaults import MOLECULE_SPLIT, PRUNE_DELTA, PRUNE_SCHEDULE
-from ._metrics import log_normalise
-from ._training import split_molecules
+from ._metrics import log_normalise, thin_counts
 
 #: Deltas of the sparsity and pruning curves (the paper's Fig. 10 spans 1e-6 .. 1e-1).
 DEFAULT_DELTAS: tuple[float, ...] = tuple(float(d) for d in np.logspace(-7, -1, 13))
@@ -618,7 +617,7 @@ class SparsityMixin:
         total, n = 0.0, 0
         for tensors in self._batches(adata, indices, batch_size):
             x = tensors[REGISTRY_KEYS.X_KEY]
-            seen, held_out = split_molecules(x.cpu(), molecule_split, generator)
+            seen, held_out = thin_counts(x.cpu(), molecule_split, generator)
             batch = {**tensors, REGISTRY_KEYS.X_KEY: seen.to(x.device)}
             kwargs = {"target": held_out.to(x.device), "rate_scale": rate_scale}
             _, _, losses = self.module.forward(batch, loss_kwargs=kwargs)

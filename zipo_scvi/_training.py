@@ -20,8 +20,8 @@ from scvi.train._progress import ProgressBar
 from scvi.utils import track
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from ._components import dense_input
 from ._defaults import MOLECULE_SPLIT, PAPER_TRAIN
+from ._metrics import thin_counts
 
 VALIDATION_MODES = ("cells", "molecules")
 
@@ -74,29 +74,6 @@ def plan_parameters() -> frozenset[str]:
             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
                 names.add(name)
     return frozenset(names - {"self", "module", "loss_kwargs"})
-
-
-def split_molecules(
-    x: torch.Tensor, fraction: float, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split counts by binomial thinning: ``X ~ Binomial(n, fraction)``, ``Y = n - X``.
-
-    Parameters
-    ----------
-    x
-        Counts (dense or sparse minibatch).
-    fraction
-        Share of molecules kept in the first part.
-    generator
-        Torch generator, for a split that is the same every epoch.
-
-    Returns
-    -------
-    The two parts, dense.
-    """
-    x = dense_input(x)
-    kept = torch.binomial(x, torch.full_like(x, fraction), generator=generator)
-    return kept, x - kept
 
 
 class ZiPoTrainingPlan(TrainingPlan):
@@ -238,7 +215,7 @@ class ZiPoTrainingPlan(TrainingPlan):
         if self.validation == "molecules":
             generator = torch.Generator(device="cpu").manual_seed(1_000_003 + batch_idx)
             x = batch[REGISTRY_KEYS.X_KEY]
-            seen, held_out = split_molecules(x.cpu(), self.molecule_split, generator)
+            seen, held_out = thin_counts(x.cpu(), self.molecule_split, generator)
             batch = {**batch, REGISTRY_KEYS.X_KEY: seen.to(x.device)}
             loss_kwargs["target"] = held_out.to(x.device)
             loss_kwargs["rate_scale"] = (1.0 - self.molecule_split) / self.molecule_split
