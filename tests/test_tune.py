@@ -36,7 +36,8 @@ def small():
 def test_sqlite_search_prunes_reopens_and_continues(small, tmp_path, capsys):
     path = tmp_path / "study.db"
     # NLL is positive, so this pruner stops every trial at its first report.
-    study = tune(small, 2, SPACE, storage=path, pruner=optuna.pruners.ThresholdPruner(upper=0.0),
+    study = tune(small, 2, SPACE, "validation_nll", storage=path,
+                 pruner=optuna.pruners.ThresholdPruner(upper=0.0),
                  **{**QUICK, "verbose": True})  # fmt: skip
     shown = capsys.readouterr().out
     assert "[zipo tune] trial 0 pruned at epoch 0" in shown and "no completed trial" in shown
@@ -46,7 +47,7 @@ def test_sqlite_search_prunes_reopens_and_continues(small, tmp_path, capsys):
         best_settings(study)
 
     # Reopen the same file with pruning off and continue the study.
-    study = tune(small, 2, SPACE, storage=str(path), pruner=False, **QUICK)
+    study = tune(small, 2, SPACE, "validation_nll", storage=str(path), pruner=False, **QUICK)
     assert capsys.readouterr().out == ""  # quiet
     url = f"sqlite:///{path}"
     reopened = optuna.load_study(study_name="zipo_validation_nll", storage=url)
@@ -95,7 +96,7 @@ def test_two_processes_share_one_sqlite_study(small, tmp_path):
     finally:
         _, err = other.communicate(timeout=300)
     assert other.returncode == 0, err[-2000:]
-    study = optuna.load_study(study_name="zipo_validation_nll", storage=f"sqlite:///{path}")
+    study = optuna.load_study(study_name="zipo_mcv", storage=f"sqlite:///{path}")
     trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
     assert sorted(t.number for t in trials) == [0, 1]
     assert all("model_kwargs" in t.user_attrs for t in trials)
@@ -127,9 +128,21 @@ def test_molecule_split_and_scores(small):
     assert log_normalised_mse(x, truth) > log_normalised_mse(truth + 1e-3, truth)
 
 
+def test_mcv_is_the_default_objective_of_python_and_cli():
+    import inspect
+
+    from zipo_scvi._defaults import TUNE_OBJECTIVE
+    from zipo_scvi.cli import build_parser
+
+    assert TUNE_OBJECTIVE == "mcv"
+    assert inspect.signature(tune).parameters["objective"].default == TUNE_OBJECTIVE
+    args = build_parser().parse_args(["tune", "x.h5ad", "--n-trials", "1"])
+    assert args.objective == TUNE_OBJECTIVE
+
+
 def test_mcv_objective_runs(small):
-    study = tune(small, 2, SPACE, objective="mcv", **QUICK)
-    assert study.study_name == "zipo_mcv"
+    study = tune(small, 2, SPACE, **QUICK)  # the default objective
+    assert study.study_name == "zipo_mcv" and study.user_attrs["objective"] == "mcv"
     values = [t.value for t in study.trials]
     assert len(values) == 2 and all(np.isfinite(values))
     assert study.best_value == min(values)
@@ -185,7 +198,7 @@ def test_bad_inputs(small):
     with pytest.raises(ValueError, match="non-empty list of choices"):
         tune(small, 1, {"encoder_sizes": ("categorical", [])})
     with pytest.raises(ValueError, match="needs validation cells"):
-        tune(small, 1, SPACE, train_size=1.0)
+        tune(small, 1, SPACE, "validation_nll", train_size=1.0)
     with pytest.raises(ValueError, match="Unknown preset"):
         tune(small, 1, SPACE, preset="huge")
     unregistered = simulate_counts(n_cells=20, n_genes=10, seed=1)

@@ -159,6 +159,13 @@ PRUNE_SCHEDULE: MappingProxyType = MappingProxyType(
 #: Fraction of molecules kept for the model's input in held-out-molecule validation.
 MOLECULE_SPLIT: float = 0.9
 
+#: Objectives of the hyperparameter search (``zipo_scvi.tune`` and ``zipo tune``), the default
+#: first: ``"mcv"``, molecular cross-validation (held-out molecules of every cell), which
+#: followed the true error better than the paper's ``"validation_nll"`` (validation cells on
+#: their own counts) in ``benchmarks/tune_objectives.py`` (docs/benchmarks/tune_objectives.md).
+TUNE_OBJECTIVES: tuple[str, ...] = ("mcv", "validation_nll")
+TUNE_OBJECTIVE: str = TUNE_OBJECTIVES[0]
+
 
 def preset(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return the module and training settings of a preset.

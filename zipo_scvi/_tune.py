@@ -20,12 +20,11 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
-from ._defaults import MOLECULE_SPLIT, PAPER_SEARCH_SPACE
+from ._defaults import MOLECULE_SPLIT, PAPER_SEARCH_SPACE, TUNE_OBJECTIVE, TUNE_OBJECTIVES
 from ._metrics import log_normalised_mse, mcv_poisson, thin_counts
 from ._model import ZIPO
 from ._settings import MODEL_KEYS, TRAIN_KEYS, split_settings
 
-OBJECTIVES = ("validation_nll", "mcv")
 SEED_METRICS = ("nll", "mse", "true_mse")
 #: How a search-space entry is turned into an optuna distribution, by its first element.
 DISTRIBUTIONS: Mapping[str, Callable[..., optuna.distributions.BaseDistribution]] = {
@@ -255,7 +254,7 @@ def tune(
     adata: AnnData,
     n_trials: int | None = 20,
     search_space: Mapping[str, Any] | None = None,
-    objective: str = "validation_nll",
+    objective: str = TUNE_OBJECTIVE,
     storage: str | os.PathLike | optuna.storages.BaseStorage | None = None,
     study_name: str | None = None,
     seed: int = 0,
@@ -288,13 +287,14 @@ def tune(
         (:data:`zipo_scvi._defaults.PAPER_SEARCH_SPACE`: the five encoder structures with full
         residuals, ``alpha_z`` and ``alpha_w`` log-uniform in [0.01, 1]).
     objective
-        ``"validation_nll"``: mean per-cell NLL of the validation cells on their own counts (the
-        paper's; trials validate on cells unless ``validation`` is given). ``"mcv"``: molecular
-        cross-validation; every cell's molecules are split once by binomial thinning (90/10,
-        seeded by ``seed``), trials train on the 90% and score the Poisson loss of their denoised
-        rates against the held-out 10% (:mod:`zipo_scvi._metrics`; the log-normalised MSE
-        against the held-out molecules is kept as the trial's user attribute ``"mcv_mse"``).
-        Both are minimised.
+        ``"mcv"`` (default, as for ``zipo tune``; :data:`zipo_scvi._defaults.TUNE_OBJECTIVE`):
+        molecular cross-validation; every cell's molecules are split once by binomial thinning
+        (90/10, seeded by ``seed``), trials train on the 90% and score the Poisson loss of their
+        denoised rates against the held-out 10% (:mod:`zipo_scvi._metrics`; the log-normalised
+        MSE against the held-out molecules is kept as the trial's user attribute
+        ``"mcv_mse"``). ``"validation_nll"``: mean per-cell NLL of the validation cells on
+        their own counts (the paper's; trials validate on cells unless ``validation`` is
+        given). Both are minimised; docs/benchmarks/tune_objectives.md compares them.
     storage
         ``None``: in memory. A path: an SQLite file (``sqlite:///<path>``). An RDB URL
         (``postgresql://...``, ``mysql+pymysql://...``) or optuna storage: processes and
@@ -348,8 +348,10 @@ def tune(
     >>> len(study.trials)
     2
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"Unknown objective {objective!r}; choose one of {list(OBJECTIVES)}.")
+    if objective not in TUNE_OBJECTIVES:
+        raise ValueError(
+            f"Unknown objective {objective!r}; choose one of {list(TUNE_OBJECTIVES)}."
+        )
     params = _parse_space(search_space)
     split_settings(train_kwargs)  # checks the preset early
     if objective == "validation_nll" and train_kwargs.get("train_size", 0.0) >= 1.0:

@@ -845,12 +845,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n-trials", type=int, required=True, metavar="N", help="trials to run")
     t.add_argument("--storage", metavar="URL", help="optuna storage (RDB URL or SQLite path)")
     t.add_argument("--study-name", metavar="NAME", help="study name in the storage")
+    from ._defaults import TUNE_OBJECTIVE, TUNE_OBJECTIVES
+
     t.add_argument(
         "--objective",
-        choices=["mcv", "validation_nll"],
-        default="mcv",
-        help="mcv (default): Poisson NLL of held-out molecules of every cell; validation_nll: "
-        "the paper's NLL of validation cells on their own counts",
+        choices=TUNE_OBJECTIVES,
+        default=TUNE_OBJECTIVE,
+        help="mcv: Poisson NLL of held-out molecules of every cell; validation_nll: the paper's "
+        f"NLL of validation cells on their own counts (default: {TUNE_OBJECTIVE})",
     )
     t.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting trials after")
     t.add_argument("-o", "--output", default="zipo_tuned.toml", help="best settings (.toml)")
