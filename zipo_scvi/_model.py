@@ -137,8 +137,10 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
     encoder_sizes, residuals, activation, batch_norm, norm_order, input_transform, \
 input_dropout, latent_noise, decoder_sizes, library_sizes, library_source, likelihood, alpha_z, \
 alpha_w, alpha_theta, alpha_library
-        The hyperparameters of :class:`~zipo_scvi.ZiPoModule` (described there); ``None``
-        (the default of each) takes the preset's value (:data:`zipo_scvi._defaults.PRESETS`).
+        The hyperparameters of :class:`~zipo_scvi.ZiPoModule` (described there; its
+        :meth:`~zipo_scvi.ZiPoModule.loss` applies the likelihood and the ``alpha_*`` weights);
+        ``None`` (the default of each) takes the preset's value
+        (:data:`zipo_scvi._defaults.PRESETS`).
         The ones most often changed: ``likelihood`` (``"zip"``, ``"zinb"``, ``"poisson"``,
         ``"nb"``), ``encoder_sizes`` (the last is the number of latents), ``alpha_z`` (weight
         of the zero-inflation penalty) and ``alpha_w`` (weight of the scale-invariant sparsity
@@ -221,6 +223,7 @@ alpha_w, alpha_theta, alpha_library
         cat_registry = self.registry_["field_registries"].get(REGISTRY_KEYS.CAT_COVS_KEY, {})
         n_cats = cat_registry.get("state_registry", {}).get("n_cats_per_key")
         module_kwargs = {k: v for k, v in self.hyperparameters.items() if k != "data_init"}
+        # ZiPoModule (_module.py) keeps alpha_w, likelihood, ...; its loss() applies them.
         self.module = self._module_cls(
             n_input=stats.n_vars,
             n_batch=stats.n_batch,

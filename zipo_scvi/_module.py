@@ -120,10 +120,13 @@ class ZiPoModule(BaseModuleClass):
         detached latents by the Poisson likelihood of the total, so depth stays out of the
         latents and ``library_size="latent"`` still works).
     likelihood
-        ``"zip"``, ``"zinb"``, ``"poisson"`` or ``"nb"``.
+        ``"zip"``, ``"zinb"``, ``"poisson"`` or ``"nb"``: an entry of
+        :data:`zipo_scvi._distributions.LIKELIHOODS`, kept as ``self.likelihood``; :meth:`loss`
+        scores the counts with its ``log_prob_cells``.
     alpha_z, alpha_w, alpha_theta, alpha_library
-        Loss weights of paper II-E and III-F: zero-inflation ``E[z^2]``, the scale-invariant
-        first-layer penalty, ``E[log(theta)^2]`` and ZINB/NB's library term.
+        Loss weights of paper II-E and III-F, added in :meth:`loss`: zero-inflation
+        ``E[z^2]``, the scale-invariant first-layer penalty (:func:`scale_invariant_penalty`),
+        ``E[log(theta)^2]`` and ZINB/NB's library term.
     encode_covariates
         Give the covariates to the encoder as well (scVI's ``encode_covariates``), so that it
         can remove what the batch does to the counts before the latents.
