@@ -11,6 +11,8 @@ is measured per method and one crashing peer does not end the benchmark.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import platform
@@ -349,32 +351,21 @@ def _run_scvi_model(cls, train_adata, seed, batch_key, model_kwargs, train, labe
     return _result(denoised, latent, start, epochs=_epochs(model), label=label)
 
 
-def run_scvi_zinb(
+def run_scvi(
     train_adata: AnnData,
     seed: int,
     batch_key: str | None = None,
     train: dict | None = None,
+    gene_likelihood: str = "zinb",
     **model_kwargs,
 ) -> dict[str, Any]:
-    """scvi-tools SCVI with its defaults (ZINB), early stopping on validation ELBO."""
+    """scvi-tools SCVI with its defaults (ZINB, or ``gene_likelihood``), early stopping on
+    validation ELBO; :data:`RUNNERS` holds it as ``scvi_zinb`` and ``scvi_poisson``."""
     from scvi.model import SCVI
 
-    kwargs = {"gene_likelihood": "zinb", **model_kwargs}
-    return _run_scvi_model(SCVI, train_adata, seed, batch_key, kwargs, train, "scVI (ZINB)")
-
-
-def run_scvi_poisson(
-    train_adata: AnnData,
-    seed: int,
-    batch_key: str | None = None,
-    train: dict | None = None,
-    **model_kwargs,
-) -> dict[str, Any]:
-    """scvi-tools SCVI with ``gene_likelihood="poisson"``."""
-    from scvi.model import SCVI
-
-    kwargs = {"gene_likelihood": "poisson", **model_kwargs}
-    return _run_scvi_model(SCVI, train_adata, seed, batch_key, kwargs, train, "scVI (Poisson)")
+    kwargs = {"gene_likelihood": gene_likelihood, **model_kwargs}
+    name = {"zinb": "ZINB", "poisson": "Poisson"}.get(gene_likelihood, gene_likelihood)
+    return _run_scvi_model(SCVI, train_adata, seed, batch_key, kwargs, train, f"scVI ({name})")
 
 
 def run_ldvae(
@@ -487,8 +478,8 @@ def run_none(train_adata: AnnData, seed: int) -> dict[str, Any]:
 
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "zipo": run_zipo,
-    "scvi_zinb": run_scvi_zinb,
-    "scvi_poisson": run_scvi_poisson,
+    "scvi_zinb": functools.partial(run_scvi, gene_likelihood="zinb"),
+    "scvi_poisson": functools.partial(run_scvi, gene_likelihood="poisson"),
     "ldvae": run_ldvae,
     "magic": run_magic,
     "dca": run_dca,
@@ -709,6 +700,58 @@ def update_docs_section(page: str | Path, name: str, body: str) -> bool:
     return update_readme_section(path, name, _REPO_LINK.sub(rf"\g<1>{prefix}/\g<2>", body))
 
 
+def quiet(threads: int | None = None) -> None:
+    """Quiet a benchmark process: no warnings, and lightning and scvi log errors only; with
+    ``threads``, torch's intra-op threads too."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "scvi"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- figures
+@contextlib.contextmanager
+def saved_figure(path: str | Path, *grid: int, dpi: int = 110, **subplots_kwargs):
+    """A matplotlib figure (Agg backend) of ``plt.subplots(*grid, **subplots_kwargs)``, saved to
+    ``path`` with a tight layout when the block ends, and closed.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "f.png"
+    >>> with saved_figure(path, 1, 2, figsize=(4, 2)) as (fig, axes):
+    ...     _ = axes[0].plot([0, 1])
+    >>> path.exists()
+    True
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(*grid, **subplots_kwargs)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+    finally:
+        plt.close(fig)
+
+
+def bars_around_zero(ax, labels, values, colors, xerr=None, fontsize=None) -> None:
+    """Horizontal bars of signed values (a change in %), first label on top, a line at zero."""
+    ax.barh(range(len(labels)), values, xerr=xerr, color=colors)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(labels)), labels, **({"fontsize": fontsize} if fontsize else {}))
+    ax.invert_yaxis()
+
+
 # ----------------------------------------------------------------------------- subprocess entry
 def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run one benchmark method on an .h5ad.")
@@ -719,19 +762,9 @@ def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--kwargs", default="{}")
     args = parser.parse_args(argv)
-    import warnings
-
-    warnings.filterwarnings("ignore")
+    quiet(None if args.method in ("none", "magic") else args.threads)  # those two need no torch
     import anndata
 
-    if args.threads is not None and args.method not in ("none", "magic"):
-        import torch
-
-        torch.set_num_threads(args.threads)
-    import logging
-
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("scvi").setLevel(logging.ERROR)
     adata = anndata.read_h5ad(args.input)
     kw = json.loads(args.kwargs)
     for key in ("encoder_sizes", "decoder_sizes", "library_sizes"):

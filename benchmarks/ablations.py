@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import logging
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +39,9 @@ from benchmarks._harness import (
     _epochs,
     machine_info,
     mcv_split,
+    quiet,
     repo_link,
+    saved_figure,
     score_mcv,
     score_truth,
     update_docs_section,
@@ -393,25 +393,18 @@ def verdicts(summary: pd.DataFrame, rows: pd.DataFrame) -> dict[str, tuple[str, 
 
 
 def figure(claim: Claim, summary: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sub = summary.loc[claim.key]
     metrics = [m for m in claim.metrics if ("mean", m) in sub]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.4))
-    axes = np.atleast_1d(axes)
-    for ax, metric in zip(axes, metrics):
-        x = np.arange(len(sub))
-        ax.errorbar(x, sub[("mean", metric)], yerr=sub[("err", metric)], fmt="o", capsize=4)
-        ax.set_xticks(x, sub.index, rotation=45 if len(sub) > 4 else 0, ha="right", fontsize=8)
-        ax.set_title(METRIC_TITLES.get(metric, metric), fontsize=9)
-        ax.set_xlabel(claim.x_label, fontsize=8)
-    fig.suptitle(f"{claim.figure}: {claim.claim}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    size = (3.8 * len(metrics), 3.4)
+    with saved_figure(path, 1, len(metrics), figsize=size, dpi=100) as (fig, axes):
+        for ax, metric in zip(np.atleast_1d(axes), metrics):
+            x = np.arange(len(sub))
+            ax.errorbar(x, sub[("mean", metric)], yerr=sub[("err", metric)], fmt="o", capsize=4)
+            rotation = 45 if len(sub) > 4 else 0
+            ax.set_xticks(x, sub.index, rotation=rotation, ha="right", fontsize=8)
+            ax.set_title(METRIC_TITLES.get(metric, metric), fontsize=9)
+            ax.set_xlabel(claim.x_label, fontsize=8)
+        fig.suptitle(f"{claim.figure}: {claim.claim}", fontsize=8)
 
 
 def main(argv=None) -> None:
@@ -424,9 +417,7 @@ def main(argv=None) -> None:
         help="reuse successful cached runs made with other versions of the model files",
     )
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("scvi").setLevel(logging.ERROR)
+    quiet()
     OUT.mkdir(parents=True, exist_ok=True)
     claims = [c for c in CLAIMS if c.key in args.claims]
     started = time.perf_counter()

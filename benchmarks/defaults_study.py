@@ -30,7 +30,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks._harness import REPO, code_state, machine_info, update_docs_section
+from benchmarks._harness import (
+    REPO,
+    bars_around_zero,
+    code_state,
+    machine_info,
+    saved_figure,
+    update_docs_section,
+)
 from benchmarks.run_benchmark import evaluate, prepare_dataset, summarise
 from zipo_scvi._defaults import ERROR_BAR_LAMBDA
 
@@ -172,32 +179,21 @@ def report() -> str:
 
 def figure(summaries: dict[str, pd.DataFrame], path: Path) -> None:
     """Per dataset: held-out Poisson of each variant relative to the default, with error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [(d, "poisson") for d in summaries]
     if "sim" in summaries and ("mean", "mse_truth") in summaries["sim"]:
         panels.append(("sim", "mse_truth"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 6.5), sharey=True)
-    axes = np.atleast_1d(axes)
-    labels = list(VARIANTS)
-    for ax, (dataset, metric) in zip(axes, panels):
-        sub = summaries[dataset]
-        ref = sub.loc[REFERENCE, ("mean", metric)] if REFERENCE in sub.index else np.nan
-        mean = sub[("mean", metric)].reindex(labels)
-        err = sub[("err", metric)].reindex(labels).fillna(0)
-        rel, rel_err = 100 * (mean / ref - 1), 100 * err / ref
-        colors = ["tab:gray" if lab.startswith("scVI") else "tab:blue" for lab in labels]
-        ax.barh(range(len(labels)), rel.fillna(0), xerr=rel_err, color=colors)
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_yticks(range(len(labels)), labels, fontsize=8)
-        ax.set_title(f"{dataset}: {SCORES[metric]}\n% vs default (lower better)", fontsize=9)
-        ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    size = (3.4 * len(panels), 6.5)
+    with saved_figure(path, 1, len(panels), figsize=size, sharey=True) as (_, axes):
+        labels = list(VARIANTS)
+        for ax, (dataset, metric) in zip(np.atleast_1d(axes), panels):
+            sub = summaries[dataset]
+            ref = sub.loc[REFERENCE, ("mean", metric)] if REFERENCE in sub.index else np.nan
+            mean = sub[("mean", metric)].reindex(labels)
+            err = sub[("err", metric)].reindex(labels).fillna(0)
+            rel, rel_err = 100 * (mean / ref - 1), 100 * err / ref
+            colors = ["tab:gray" if lab.startswith("scVI") else "tab:blue" for lab in labels]
+            bars_around_zero(ax, labels, rel.fillna(0), colors, xerr=rel_err, fontsize=8)
+            ax.set_title(f"{dataset}: {SCORES[metric]}\n% vs default (lower better)", fontsize=9)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,7 +39,15 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._harness import REPO, SIM_DEFAULTS, machine_info, mcv_split, score_mcv
+from benchmarks._harness import (
+    REPO,
+    SIM_DEFAULTS,
+    bars_around_zero,
+    machine_info,
+    mcv_split,
+    saved_figure,
+    score_mcv,
+)
 from benchmarks.run_benchmark import evaluate, load_dataset, parse_methods
 from zipo_scvi._defaults import ERROR_BAR_LAMBDA
 
@@ -207,23 +215,12 @@ def report(out: Path) -> str:
 
 
 def _figure(margins: list[tuple[str, float, str]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [m[0] for m in margins]
+    labels = [f"{point} (vs {peer})" for point, _, peer in margins]
     values = [m[1] for m in margins]
-    fig, ax = plt.subplots(figsize=(6, 0.35 * len(names) + 1.2))
-    colors = ["tab:green" if v < 0 else "tab:red" for v in values]
-    ax.barh(range(len(names)), values, color=colors)
-    ax.set_yticks(range(len(names)), [f"{n} (vs {m[2]})" for n, m in zip(names, margins)])
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel("ZIPO held-out Poisson vs best peer (%; < 0: ZIPO better)")
-    ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with saved_figure(path, figsize=(6, 0.35 * len(labels) + 1.2)) as (_, ax):
+        colors = ["tab:green" if v < 0 else "tab:red" for v in values]
+        bars_around_zero(ax, labels, values, colors)
+        ax.set_xlabel("ZIPO held-out Poisson vs best peer (%; < 0: ZIPO better)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -52,6 +52,8 @@ from benchmarks._harness import (
     code_state,
     machine_info,
     mcv_split,
+    quiet,
+    saved_figure,
     score_mcv,
     update_readme_section,
 )
@@ -407,34 +409,28 @@ def goals(rows: pd.DataFrame) -> list[str]:
 
 def umap_figure(latents: dict[str, np.ndarray], obs: pd.DataFrame, title: str, path: Path):
     """UMAPs of each method's latents, coloured by sample (top) and by label (bottom)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import scanpy as sc
 
-    fig, axes = plt.subplots(2, len(latents), figsize=(3.2 * len(latents), 6.2), squeeze=False)
-    for j, (method, latent) in enumerate(latents.items()):
-        tmp = AnnData(np.zeros((len(obs), 1), dtype=np.float32), obs=obs.copy())
-        tmp.obsm["latent"] = np.asarray(latent, dtype=np.float32)
-        sc.pp.neighbors(tmp, use_rep="latent", n_neighbors=15, random_state=0)
-        sc.tl.umap(tmp, random_state=0)
-        for i, color in enumerate((SAMPLE, "label")):
-            ax = axes[i, j]
-            sc.pl.umap(
-                tmp,
-                color=color,
-                ax=ax,
-                show=False,
-                frameon=False,
-                size=8,
-                legend_loc="right margin" if j == len(latents) - 1 else None,
-            )
-            ax.set_title(f"{method}\n{color}" if i == 0 else color, fontsize=9)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    size = (3.2 * len(latents), 6.2)
+    with saved_figure(path, 2, len(latents), figsize=size, squeeze=False, dpi=90) as (fig, axes):
+        for j, (method, latent) in enumerate(latents.items()):
+            tmp = AnnData(np.zeros((len(obs), 1), dtype=np.float32), obs=obs.copy())
+            tmp.obsm["latent"] = np.asarray(latent, dtype=np.float32)
+            sc.pp.neighbors(tmp, use_rep="latent", n_neighbors=15, random_state=0)
+            sc.tl.umap(tmp, random_state=0)
+            for i, color in enumerate((SAMPLE, "label")):
+                ax = axes[i, j]
+                sc.pl.umap(
+                    tmp,
+                    color=color,
+                    ax=ax,
+                    show=False,
+                    frameon=False,
+                    size=8,
+                    legend_loc="right margin" if j == len(latents) - 1 else None,
+                )
+                ax.set_title(f"{method}\n{color}" if i == 0 else color, fontsize=9)
+        fig.suptitle(title)
 
 
 def docs_body(rows: pd.DataFrame, command: str) -> str:
@@ -481,15 +477,7 @@ def main(argv: list[str] | None = None) -> None:
         help="rewrite the table and docs block from runs.jsonl and the saved figures, no runs",
     )
     args = parser.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(1)
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    for name in ("lightning.pytorch", "scvi", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet(threads=1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = out / "runs.jsonl"  # one line per (data set, seed, method): reruns resume

@@ -40,6 +40,7 @@ from benchmarks._harness import (
     mcv_split,
     repo_link,
     run_method,
+    saved_figure,
     score_mcv,
     score_truth,
     update_docs_section,
@@ -265,46 +266,40 @@ def table_markdown(summary: pd.DataFrame, rows: pd.DataFrame, dataset: str) -> s
 
 
 def figure(summary: pd.DataFrame, dataset: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sub = summary.loc[dataset]
     metrics = [
         m
         for m in ("poisson", "mse", "mse_truth", "ari", "seconds")
         if ("mean", m) in sub and sub[("mean", m)].notna().any()
     ]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6))
-    axes = np.atleast_1d(axes)
-    for ax, m in zip(axes, metrics):
-        values = sub[("mean", m)].dropna()
-        errors = sub.loc[values.index, ("err", m)].fillna(0)
-        colors = ["tab:red" if i.startswith("ZIPO") else "tab:gray" for i in values.index]
-        ax.barh(range(len(values)), values, xerr=errors, color=colors)
-        ax.set_yticks(range(len(values)), values.index if ax is axes[0] else [""] * len(values))
-        # zoom on the methods (the `none` baseline may run off the axis: its value is printed)
-        peers = [i for i in values.index if not i.startswith("none")]
-        lo = float((values[peers] - errors[peers]).min())
-        hi = float((values[peers] + errors[peers]).max())
-        if m in ("poisson", "mse", "mse_truth") and hi > lo:
-            pad = 0.15 * (hi - lo)
-            ax.set_xlim(max(lo - pad, 0), hi + pad)
-            for k, value in enumerate(values):
-                if value > hi + pad:
-                    ax.text(hi, k, f"{value:.3g} →", ha="right", va="center", fontsize=7)
-                elif value < max(lo - pad, 0):
-                    ax.text(lo, k, f"← {value:.3g}", ha="left", va="center", fontsize=7)
-        ax.set_title(
-            METRICS[m][0] + (" (lower better)" if METRICS[m][1] else " (higher better)"),
-            fontsize=9,
-        )
-        ax.invert_yaxis()
-    fig.suptitle(f"{dataset}: mean ± λ·SEM over seeds", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with saved_figure(path, 1, len(metrics), figsize=(3.2 * len(metrics), 3.6)) as (fig, axes):
+        axes = np.atleast_1d(axes)
+        for ax, m in zip(axes, metrics):
+            values = sub[("mean", m)].dropna()
+            errors = sub.loc[values.index, ("err", m)].fillna(0)
+            colors = ["tab:red" if i.startswith("ZIPO") else "tab:gray" for i in values.index]
+            ax.barh(range(len(values)), values, xerr=errors, color=colors)
+            ax.set_yticks(
+                range(len(values)), values.index if ax is axes[0] else [""] * len(values)
+            )
+            # zoom on the methods (the `none` baseline may run off the axis: its value is printed)
+            peers = [i for i in values.index if not i.startswith("none")]
+            lo = float((values[peers] - errors[peers]).min())
+            hi = float((values[peers] + errors[peers]).max())
+            if m in ("poisson", "mse", "mse_truth") and hi > lo:
+                pad = 0.15 * (hi - lo)
+                ax.set_xlim(max(lo - pad, 0), hi + pad)
+                for k, value in enumerate(values):
+                    if value > hi + pad:
+                        ax.text(hi, k, f"{value:.3g} →", ha="right", va="center", fontsize=7)
+                    elif value < max(lo - pad, 0):
+                        ax.text(lo, k, f"← {value:.3g}", ha="left", va="center", fontsize=7)
+            ax.set_title(
+                METRICS[m][0] + (" (lower better)" if METRICS[m][1] else " (higher better)"),
+                fontsize=9,
+            )
+            ax.invert_yaxis()
+        fig.suptitle(f"{dataset}: mean ± λ·SEM over seeds", fontsize=10)
 
 
 def parse_methods(specs: list[str], only: list[str] | None = None) -> dict:

@@ -255,63 +255,60 @@ def _ratios(results: dict) -> list[str]:
 
 
 def _figure(results: dict, path: Path) -> None:
-    import matplotlib
     import matplotlib.ticker
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from benchmarks._harness import saved_figure
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    colors = {"memory": "tab:blue", "backed": "tab:orange"}
-    for mode in ("memory", "backed"):
+    with saved_figure(path, 1, 2, figsize=(10, 4), dpi=120) as (_, (left, right)):
+        colors = {"memory": "tab:blue", "backed": "tab:orange"}
+        for mode in ("memory", "backed"):
+            runs = sorted(
+                (r for r in results["growth"] if r["mode"] == mode), key=lambda r: r["n_cells"]
+            )
+            cells = [r["n_cells"] for r in runs]
+            cpu = [_median_epoch(r, "cpu_s") for r in runs]
+            left.plot(cells, cpu, "o-", color=colors[mode], label=f"{mode} (CPU s)")
+            left.plot(cells, [cpu[0] * c / cells[0] for c in cells], ":", color=colors[mode], lw=1)
+            right.plot(
+                cells, [r["rss_peak"] / GIB for r in runs], "o-", color=colors[mode], label=mode
+            )
         runs = sorted(
-            (r for r in results["growth"] if r["mode"] == mode), key=lambda r: r["n_cells"]
+            (r for r in results["growth"] if r["mode"] == "backed"), key=lambda r: r["n_cells"]
         )
         cells = [r["n_cells"] for r in runs]
-        cpu = [_median_epoch(r, "cpu_s") for r in runs]
-        left.plot(cells, cpu, "o-", color=colors[mode], label=f"{mode} (CPU s)")
-        left.plot(cells, [cpu[0] * c / cells[0] for c in cells], ":", color=colors[mode], lw=1)
-        right.plot(
-            cells, [r["rss_peak"] / GIB for r in runs], "o-", color=colors[mode], label=mode
+        right.plot(cells, [r["file_bytes"] / GIB for r in runs], "k--", lw=1, label="file size")
+        right.plot(cells, [r["dense_bytes"] / GIB for r in runs], "k:", lw=1, label="dense matrix")
+        baseline = statistics.median(r["rss_baseline"] for r in results["growth"]) / GIB
+        right.axhline(baseline, color="grey", lw=0.8, label="after imports")
+        target = results.get("target")
+        if target:
+            x = [target["n_cells"]]
+            label = f"{target['n_cells']:,} x {target['n_genes']:,}"
+            right.plot(
+                x, [target["rss_peak"] / GIB], "s", color="tab:red", label=f"backed {label}"
+            )
+            right.plot(x, [target["file_bytes"] / GIB], "kx", label=f"file {label}")
+            right.plot(x, [target["dense_bytes"] / GIB], "k+", ms=9, label=f"dense {label}")
+            right.axhline(3, color="tab:red", lw=0.8, alpha=0.5, ls="--", label="3 GiB target")
+        left.set_xlabel("cells")
+        left.set_ylabel("CPU seconds per epoch (1 thread)")
+        left.set_title(f"Time per epoch, {runs[0]['n_genes']:,} genes (dotted: proportional)")
+        left.legend(fontsize=8)
+        right.set_xscale("log")
+        right.set_yscale("log")
+        right.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        right.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        right.set_yticks([0.1, 0.25, 0.5, 1, 2, 3, 4])
+        ticks = sorted(
+            {r["n_cells"] for r in results["growth"]} | ({target["n_cells"]} if target else set())
         )
-    runs = sorted(
-        (r for r in results["growth"] if r["mode"] == "backed"), key=lambda r: r["n_cells"]
-    )
-    cells = [r["n_cells"] for r in runs]
-    right.plot(cells, [r["file_bytes"] / GIB for r in runs], "k--", lw=1, label="file size")
-    right.plot(cells, [r["dense_bytes"] / GIB for r in runs], "k:", lw=1, label="dense matrix")
-    baseline = statistics.median(r["rss_baseline"] for r in results["growth"]) / GIB
-    right.axhline(baseline, color="grey", lw=0.8, label="after imports")
-    target = results.get("target")
-    if target:
-        x = [target["n_cells"]]
-        label = f"{target['n_cells']:,} x {target['n_genes']:,}"
-        right.plot(x, [target["rss_peak"] / GIB], "s", color="tab:red", label=f"backed {label}")
-        right.plot(x, [target["file_bytes"] / GIB], "kx", label=f"file {label}")
-        right.plot(x, [target["dense_bytes"] / GIB], "k+", ms=9, label=f"dense {label}")
-        right.axhline(3, color="tab:red", lw=0.8, alpha=0.5, ls="--", label="3 GiB target")
-    left.set_xlabel("cells")
-    left.set_ylabel("CPU seconds per epoch (1 thread)")
-    left.set_title(f"Time per epoch, {runs[0]['n_genes']:,} genes (dotted: proportional)")
-    left.legend(fontsize=8)
-    right.set_xscale("log")
-    right.set_yscale("log")
-    right.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    right.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    right.set_yticks([0.1, 0.25, 0.5, 1, 2, 3, 4])
-    ticks = sorted(
-        {r["n_cells"] for r in results["growth"]} | ({target["n_cells"]} if target else set())
-    )
-    right.set_xticks(ticks, [f"{t // 1000:,}k" for t in ticks])
-    right.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    right.set_ylim(0.1, 8)
-    right.set_xlabel("cells")
-    right.set_ylabel("GiB")
-    right.set_title("Peak RSS of the training process")
-    right.legend(fontsize=7, loc="upper left", ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        right.set_xticks(ticks, [f"{t // 1000:,}k" for t in ticks])
+        right.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        right.set_ylim(0.1, 8)
+        right.set_xlabel("cells")
+        right.set_ylabel("GiB")
+        right.set_title("Peak RSS of the training process")
+        right.legend(fontsize=7, loc="upper left", ncol=2)
 
 
 def _markdown(results: dict) -> str:

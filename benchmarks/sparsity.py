@@ -49,6 +49,7 @@ from benchmarks._harness import (
     _epochs,
     machine_info,
     mcv_split,
+    quiet,
     score_mcv,
     update_docs_section,
 )
@@ -75,18 +76,6 @@ def load(name: str):
     adata = {"pbmc3k": load_pbmc3k, "immune559": load_immune559, "hgmm1k": load_hgmm1k}[name]()
     adata.var_names_make_unique()
     return adata
-
-
-def _quiet():
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    for name in ("lightning", "lightning.pytorch", "scvi"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def _change(value: float, base: float) -> float:
@@ -249,7 +238,7 @@ def _speed(model, dense_state, train) -> dict:
 
 def run(name: str, seed: int) -> None:
     """Every measurement of one dataset and seed; writes ``rows_<name>_<seed>.json``."""
-    _quiet()
+    quiet(threads=1)
     import torch
 
     from zipo_scvi._sparsity import prune_mask

@@ -34,7 +34,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._harness import machine_info
+from benchmarks._harness import machine_info, quiet
 from zipo_scvi._defaults import ERROR_BAR_LAMBDA, PRUNE_DELTA
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,16 +75,7 @@ def _key(variant: str, alpha: float, seed: int) -> str:
 
 def train_one(variant: str, alpha: float, seed: int) -> dict:
     """Train one model, measure its sparsity and pruning curves, prune at 1e-4."""
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    import logging
-
-    logging.getLogger("lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    import torch
-
-    torch.set_num_threads(1)
+    quiet(threads=1)
     from zipo_scvi import ZIPO
     from zipo_scvi._sparsity import normalized_weights
     from zipo_scvi.data import simulate_counts

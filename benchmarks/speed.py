@@ -29,13 +29,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import logging
 import os
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,18 +47,14 @@ from benchmarks._harness import (
     machine_info,
     print_result,
     proc_status_mb,
+    quiet,
     run_json_child,
+    saved_figure,
     update_docs_section,
 )
 
 OUT = REPO / "benchmarks/results/speed"
 BATCH = 256
-
-
-def _quiet() -> None:
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("scvi").setLevel(logging.ERROR)
 
 
 def _simulate(n_cells: int, n_genes: int, seed: int = 0):
@@ -170,13 +164,7 @@ def matmul_step_seconds(shapes, batch: int, reps: int = 30) -> float:
             if grad:
                 dy @ w
 
-    once()
-    times = []
-    for _ in range(reps):
-        start = time.process_time()
-        once()
-        times.append(time.process_time() - start)
-    return statistics.median(times)
+    return _median_cpu_s(once, reps, warmup=1)
 
 
 def pure_step_seconds(module, x, reps: int = 20) -> float:
@@ -195,12 +183,17 @@ def pure_step_seconds(module, x, reps: int = 20) -> float:
         loss.backward()
         opt.step()
 
-    for _ in range(3):
-        once()
+    return _median_cpu_s(once, reps, warmup=3)
+
+
+def _median_cpu_s(fn, reps: int, warmup: int) -> float:
+    """Median CPU seconds of one call of ``fn`` over ``reps`` timed calls after ``warmup``."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(reps):
         start = time.process_time()
-        once()
+        fn()
         times.append(time.process_time() - start)
     return statistics.median(times)
 
@@ -297,7 +290,7 @@ def _rss_child(args) -> None:
     import anndata
     import scipy.sparse as sp
 
-    _quiet()
+    quiet()
     adata = anndata.read_h5ad(args.rss_input)
     assert sp.issparse(adata.X)
     csr_mb = (adata.X.data.nbytes + adata.X.indices.nbytes + adata.X.indptr.nbytes) / 2**20
@@ -365,7 +358,7 @@ def main(argv=None) -> None:
     if args.rss_child:
         _rss_child(args)
         return
-    _quiet()
+    quiet()
 
     OUT.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()[0]
@@ -548,29 +541,22 @@ def report(results: dict, argv) -> str:
 
 
 def figure(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     models = results["models"]
     labels = list(models)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    x = np.arange(len(labels))
-    axes[0].bar(x - 0.2, [models[k]["epoch_s"] for k in labels], 0.4, label="measured epoch")
-    axes[0].bar(x + 0.2, [models[k]["bound_epoch_s"] for k in labels], 0.4, label="matmul bound")
-    axes[0].set_xticks(x, labels, fontsize=8)
-    axes[0].set_ylabel("seconds per epoch")
-    axes[0].legend(fontsize=8)
-    s = results["scaling"]
-    axes[1].plot([s["N"], 2 * s["N"]], [s["epoch_N"], s["epoch_2N"]], "o-", label="ZIPO")
-    axes[1].plot([s["N"], 2 * s["N"]], [s["epoch_N"], 2 * s["epoch_N"]], "k--", label="x2")
-    axes[1].set_xlabel("cells")
-    axes[1].set_ylabel("seconds per epoch")
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with saved_figure(path, 1, 2, figsize=(9, 3.2), dpi=100) as (_, axes):
+        x = np.arange(len(labels))
+        axes[0].bar(x - 0.2, [models[k]["epoch_s"] for k in labels], 0.4, label="measured epoch")
+        bound = [models[k]["bound_epoch_s"] for k in labels]
+        axes[0].bar(x + 0.2, bound, 0.4, label="matmul bound")
+        axes[0].set_xticks(x, labels, fontsize=8)
+        axes[0].set_ylabel("seconds per epoch")
+        axes[0].legend(fontsize=8)
+        s = results["scaling"]
+        axes[1].plot([s["N"], 2 * s["N"]], [s["epoch_N"], s["epoch_2N"]], "o-", label="ZIPO")
+        axes[1].plot([s["N"], 2 * s["N"]], [s["epoch_N"], 2 * s["epoch_N"]], "k--", label="x2")
+        axes[1].set_xlabel("cells")
+        axes[1].set_ylabel("seconds per epoch")
+        axes[1].legend(fontsize=8)
 
 
 if __name__ == "__main__":
