@@ -50,6 +50,7 @@ from benchmarks._harness import (
 )
 from benchmarks.run_benchmark import evaluate, load_dataset, parse_methods
 from zipo_scvi._defaults import ERROR_BAR_LAMBDA
+from zipo_scvi._metrics import thin_counts
 
 CONTROL = "none (D = X)"
 
@@ -101,11 +102,8 @@ def load_point(point: Point, seed: int = 0):
     rng = np.random.default_rng(seed)
     if point.cells and point.cells < adata.n_obs:
         adata = adata[np.sort(rng.choice(adata.n_obs, point.cells, replace=False))].copy()
-    if point.depth != 1.0:
-        x = adata.X.tocsr(copy=True)
-        x.data = rng.binomial(x.data.astype(np.int64), point.depth).astype(np.float32)
-        x.eliminate_zeros()
-        adata.X = x
+    if point.depth != 1.0:  # keep each molecule with probability depth (binomial thinning)
+        adata.X = thin_counts(adata.X, point.depth, rng)[0].astype(np.float32)
     detected = np.asarray((adata.X > 0).sum(axis=0)).ravel() >= 3
     adata = adata[:, detected].copy()
     if point.genes is not None and point.genes < adata.n_vars:

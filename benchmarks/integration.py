@@ -58,6 +58,7 @@ from benchmarks._harness import (
     update_readme_section,
 )
 from zipo_scvi._metrics import log_normalise as _log_norm
+from zipo_scvi._metrics import thin_counts
 
 OUT = REPO / "benchmarks" / "results" / "integration"
 SAMPLE = "sample"
@@ -111,7 +112,7 @@ def _split_and_thin(adata: AnnData, label: str, seed: int) -> AnnData:
     x = _dense(adata.X)
     in_b = rng.random(adata.n_obs) < 0.5
     factor = rng.uniform(*THINNING, size=adata.n_vars)
-    x[in_b] = rng.binomial(x[in_b].astype(np.int64), factor).astype(np.float64)
+    x[in_b] = thin_counts(x[in_b], factor, rng)[0].toarray()
     keep_cells = x.sum(axis=1) > 0
     obs = pd.DataFrame(
         {

@@ -53,6 +53,23 @@ def test_each_library_keeps_the_split_it_drew_before_the_merge():
     ]
 
 
+def test_per_gene_fractions_draw_as_numpy_binomial_does_on_dense_counts():
+    # The benchmarks' former inline thinnings (integration.py: one factor per gene on dense
+    # counts; grid.py: one depth on CSR data) drew rng.binomial in row-major order; zeros draw
+    # nothing, so thin_counts gives the same counts and leaves the generator in the same state.
+    counts = np.random.default_rng(1).poisson(2.0, size=(20, 6)).astype(np.float64)
+    factor = np.random.default_rng(2).uniform(0.2, 1.0, size=6)
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    expected = rng_a.binomial(counts.astype(np.int64), factor)
+    kept, _ = thin_counts(counts, factor, rng_b)
+    np.testing.assert_array_equal(kept.toarray(), expected)
+    assert rng_a.random() == rng_b.random()
+    with pytest.raises(ValueError, match="fractions for 6 genes"):
+        thin_counts(counts, factor[:5], 0)
+    with pytest.raises(ValueError, match="one fraction"):
+        thin_counts(torch.ones(2, 6), factor, 0)
+
+
 @pytest.mark.parametrize("counts", [np.ones((2, 2)), torch.ones(2, 2)])
 def test_thinning_rejects_bad_fractions(counts):
     for fraction in (0.0, 1.0, 1.5):

@@ -24,13 +24,14 @@ def _dense(x: Any) -> np.ndarray:
     return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
 
 
-def thin_counts(counts: Any, fraction: float, seed: Any = None) -> tuple[Any, Any]:
+def thin_counts(counts: Any, fraction: Any, seed: Any = None) -> tuple[Any, Any]:
     """Split counts by binomial thinning: ``X ~ Binomial(n, fraction)``, ``Y = n - X``.
 
     The one thinning of the package and the benchmarks: the training's held-out-molecule
     validation (``validation="molecules"``, :meth:`~zipo_scvi.ZIPO.heldout_loss`) thins torch
-    minibatches; molecular cross-validation (:meth:`~zipo_scvi.ZIPO.tune`, the benchmarks'
-    ``mcv_split``) thins numpy or scipy matrices. Counts are rounded first and must not be
+    minibatches; molecular cross-validation (:func:`~zipo_scvi.tune`, the benchmarks'
+    ``mcv_split``) and the benchmarks' lower depths and thinned samples (``grid.py``,
+    ``integration.py``) thin numpy or scipy matrices. Counts are rounded first and must not be
     negative. The draws come from the generator of the input's library (torch's for a tensor,
     numpy's otherwise), so each path keeps the split it has always drawn for a seed.
 
@@ -40,10 +41,12 @@ def thin_counts(counts: Any, fraction: float, seed: Any = None) -> tuple[Any, An
         Cells x genes counts: a torch tensor (dense or sparse, on the CPU), or a numpy array or
         scipy sparse matrix.
     fraction
-        Share of the molecules kept in ``X``, in ``(0, 1)``.
+        Share of the molecules kept in ``X``, in ``(0, 1)``; for numpy or scipy counts also
+        one share per gene (an array of length genes).
     seed
         For a tensor: a :class:`torch.Generator`, an integer seed of one, or ``None`` (torch's
-        global generator). Otherwise: an integer seed or a :class:`numpy.random.Generator`.
+        global generator). Otherwise: an integer seed or a :class:`numpy.random.Generator`
+        (which the draws advance).
 
     Returns
     -------
@@ -63,9 +66,12 @@ def thin_counts(counts: Any, fraction: float, seed: Any = None) -> tuple[Any, An
     tensor([[3., 0.],
             [1., 5.]])
     """
-    if not 0 < fraction < 1:
+    shares = np.asarray(fraction, dtype=np.float64)
+    if not ((shares > 0) & (shares < 1)).all():
         raise ValueError(f"fraction must lie in (0, 1), not {fraction}.")
     if isinstance(counts, torch.Tensor):
+        if shares.ndim:
+            raise ValueError("A tensor is thinned by one fraction, not one per gene.")
         n = torch.round(dense_input(counts))
         if (n < 0).any():
             raise ValueError("Binomial thinning needs non-negative counts.")
@@ -78,6 +84,10 @@ def thin_counts(counts: Any, fraction: float, seed: Any = None) -> tuple[Any, An
     n.data = np.rint(n.data)
     if (n.data < 0).any():
         raise ValueError("Binomial thinning needs non-negative counts.")
+    if shares.ndim:
+        if shares.shape != (n.shape[1],):
+            raise ValueError(f"Got {shares.size} fractions for {n.shape[1]} genes.")
+        fraction = shares[n.indices]
     kept = n.copy()
     draws = np.random.default_rng(seed).binomial(n.data.astype(np.int64), fraction)
     kept.data = draws.astype(np.float64)
