@@ -58,7 +58,16 @@ REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "benchmarks" / "results" / "sparsity"
 CACHE = Path(os.environ.get("ZIPO_SCVI_DATA", "~/.cache/zipo_scvi")).expanduser() / "sparsity"
 ONE_SHOT = (0.5, 0.8, 0.9, 0.95, 0.98)
-GRADUAL = (("input", 0.9), ("plain", 0.9))
+#: (kind, label, prune() arguments): the default, then what it was chosen against
+GRADUAL = (
+    ("default", "prune()", {}),
+    ("nonneg90", "prune(sparsity=0.9)", {"sparsity": 0.9}),
+    (
+        "signed90",
+        "prune(sparsity=0.9, nonnegative=False)",
+        {"sparsity": 0.9, "nonnegative": False},
+    ),
+)
 N_TOP = 10
 COHERENCE = {"n_random": 200, "max_cells": 2000, "seed": 0}
 LDVAE_EPOCHS = 300
@@ -134,9 +143,27 @@ def _one_shot(model, train, test, sparsity: float, scale) -> float:
             layer.weight.copy_(saved)
 
 
-def _coherence(model, weigh_by_input: bool) -> tuple[float, pd.DataFrame]:
-    table = model.gene_module_coherence(N_TOP, weigh_by_input=weigh_by_input, **COHERENCE)
-    return float(table["coherent"].mean()), table
+def _coherence(model, seed: int) -> tuple[float, float, pd.DataFrame]:
+    """Share of coherent modules, and the same for random weights on the same support.
+
+    The control draws ``|N(0, 1)|`` weights with the layer's signs and zeros and ranks them the
+    same way (``|w| x std(input)``): what the coherence test gives for modules that learned
+    nothing, but read the same number of genes of the same kind.
+    """
+    import torch
+
+    from zipo_scvi._metrics import log_normalise
+    from zipo_scvi._sparsity import module_coherence
+
+    table = model.gene_module_coherence(N_TOP, **COHERENCE)
+    weight = model.module.encoder.first.effective_weight().detach()
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(weight.shape, generator=generator).abs().to(weight) * weight.sign()
+    scores = noise.abs() * model.input_scale().to(weight).unsqueeze(0)
+    top = torch.argsort(-scores, dim=1)[:, :N_TOP].cpu().numpy()
+    counts = model.adata.X
+    control = module_coherence(log_normalise(counts), top, **COHERENCE)
+    return float(table["coherent"].mean()), float(control["coherent"].mean()), table
 
 
 def _ldvae(train, test, seed: int) -> dict:
@@ -236,8 +263,12 @@ def _speed(model, dense_state, train) -> dict:
     return out
 
 
-def run(name: str, seed: int) -> None:
-    """Every measurement of one dataset and seed; writes ``rows_<name>_<seed>.json``."""
+def run(name: str, seed: int, ldvae: dict | None = None) -> None:
+    """Every measurement of one dataset and seed; writes ``rows_<name>_<seed>.json``.
+
+    ``ldvae``: LDVAE's row (with ``modules``) from an earlier run of the same split, reused
+    (nothing of ZIPO changes it); None trains it.
+    """
     quiet(threads=1)
     import torch
 
@@ -251,9 +282,8 @@ def run(name: str, seed: int) -> None:
     n_weights = model.module.encoder.first.weight.numel()
     base = _mcv(model, train, test)
     rows = [{"method": "dense", "sparsity": 0.0, "poisson": base, **fit}]
-    for weigh in (False, True):
-        share, _ = _coherence(model, weigh)
-        rows[0][f"coherent_{'input' if weigh else 'plain'}"] = share
+    share, control, _ = _coherence(model, seed)
+    rows[0].update(coherent=share, coherent_random=control)
     scale = model.input_scale()
     curves = []
     for kind, s in [(k, s) for k in ("input", "plain") for s in ONE_SHOT]:
@@ -272,22 +302,24 @@ def run(name: str, seed: int) -> None:
         {"method": "paper: prune(delta=1e-4)", "sparsity": 1 - keep.mean(), "poisson": paper}
     )
     modules, speed = {}, None
-    for kind, s in GRADUAL:
+    for kind, label, kwargs in GRADUAL:
         model, _ = _dense(name, seed, train)
         start = time.perf_counter()
-        report = model.prune(sparsity=s, weigh_by_input=kind == "input")
+        report = model.prune(**kwargs)
         seconds = time.perf_counter() - start
-        share, table = _coherence(model, kind == "input")
-        extra = "" if kind == "input" else ", weigh_by_input=False"
+        share, control, table = _coherence(model, seed)
+        weight = model.module.encoder.first.effective_weight().detach()
         row = {
-            "method": f"prune(sparsity={s:g}{extra})",
+            "method": label,
             "kind": kind,
             "sparsity": report["fraction_pruned"],
             "poisson": _mcv(model, train, test),
             "heldout_change": report["heldout_change"],
             "epochs": report["epochs"],
             "seconds": seconds,
-            f"coherent_{kind}": share,
+            "coherent": share,
+            "coherent_random": control,
+            "genes_per_neuron": float((weight != 0).sum(1).float().median()),
         }
         rows.append(row)
         modules[kind] = table["genes"].tolist()
@@ -296,9 +328,9 @@ def run(name: str, seed: int) -> None:
             f"coherent {share:.2f}",
             flush=True,
         )
-        if kind == "input":
+        if kind == "default":
             speed = _speed(model, dense_state, train)
-    ldvae = _ldvae(train, test, seed)
+    ldvae = ldvae or _ldvae(train, test, seed)
     rows.append({k: v for k, v in ldvae.items() if k != "modules"})
     result = {
         "dataset": name,
@@ -334,7 +366,7 @@ def summary_table(results: list[dict]) -> pd.DataFrame:
     for res in results:
         base = res["rows"][0]["poisson"]
         for row in res["rows"]:
-            coherent = row.get(f"coherent_{row.get('kind', 'input')}", row.get("coherent"))
+            coherent = row.get("coherent")
             rows.append(
                 {
                     "data": f"{res['dataset']} ({res['shape'][0]} x {res['shape'][1]})",
@@ -346,14 +378,16 @@ def summary_table(results: list[dict]) -> pd.DataFrame:
                     if row is res["rows"][0]
                     else f"{_change(row['poisson'], base):+.3%}",
                     "coherent modules": "" if coherent is None else f"{coherent:.0%}",
+                    "random weights, same support": f"{row['coherent_random']:.0%}"
+                    if "coherent_random" in row
+                    else "",
+                    "genes per neuron": f"{row['genes_per_neuron']:.0f}"
+                    if "genes_per_neuron" in row
+                    else "",
                     "epochs": row.get("epochs", ""),
                     "s": f"{row['seconds']:.0f}" if "seconds" in row else "",
                 }
             )
-            if row is res["rows"][0]:
-                rows[-1]["coherent modules"] = (
-                    f"{row['coherent_input']:.0%} (by abs(w): {row['coherent_plain']:.0%})"
-                )
     return pd.DataFrame(rows)
 
 
@@ -377,7 +411,7 @@ def figure(results: list[dict], path: Path) -> None:
                     100 * _change(row["poisson"], base), color="grey", ls=":", label="LDVAE"
                 )
                 continue
-            marker = {"input": "*", "plain": "s"}.get(row.get("kind"), "x")
+            marker = {"default": "*", "nonneg90": "s", "signed90": "D"}.get(row.get("kind"), "x")
             ax.plot(
                 100 * row["sparsity"],
                 100 * _change(row["poisson"], base),
@@ -393,22 +427,28 @@ def figure(results: list[dict], path: Path) -> None:
         ax.set_title(f"{res['dataset']} ({res['shape'][1]} genes)")
     axes[0][0].legend(fontsize="x-small", frameon=False)
     for ax, res in zip(axes[1], results):
-        dense = res["rows"][0]
-        bars = {
-            "dense, rank by |w|": dense["coherent_plain"],
-            "dense, |w| x std": dense["coherent_input"],
-        }
-        for row in res["rows"][2:]:
-            key = f"coherent_{row.get('kind')}"
-            if key in row:
-                bars[f"pruned 90%, {'|w| x std' if row['kind'] == 'input' else '|w|'}"] = row[key]
-            elif "coherent" in row:
-                bars["LDVAE loadings"] = row["coherent"]
-        ax.barh(list(bars), [100 * v for v in bars.values()], color="tab:blue")
+        bars, controls = {}, {}
+        for row in res["rows"]:
+            if "coherent" not in row:
+                continue
+            label = "LDVAE loadings" if "LDVAE" in row["method"] else row["method"]
+            bars[label] = row["coherent"]
+            controls[label] = row.get("coherent_random", np.nan)
+        y = np.arange(len(bars))
+        ax.barh(y - 0.2, [100 * v for v in bars.values()], 0.4, label="learned")
+        ax.barh(
+            y + 0.2,
+            [100 * v for v in controls.values()],
+            0.4,
+            color="lightgrey",
+            label="random weights, same support",
+        )
+        ax.set_yticks(y, list(bars), fontsize="small")
         ax.axvline(50, color="k", lw=0.5, ls="--")
         ax.set_xlim(0, 100)
         ax.set_xlabel("coherent modules (top-10 genes) %")
         ax.invert_yaxis()
+    axes[1][0].legend(fontsize="x-small", frameon=False)
     fig.suptitle("ZIPO default preset, all detected genes: pruning the first layer (MCV 90/10)")
     fig.savefig(path, dpi=100)
 
@@ -420,13 +460,13 @@ def marker_figure(results: list[dict], path: Path) -> bool:
     """
     from matplotlib.figure import Figure
 
-    shown = [r for r in results if r.get("markers") and "input" in r.get("modules", {})]
+    shown = [r for r in results if r.get("markers") and "default" in r.get("modules", {})]
     if not shown:
         return False
     fig = Figure(figsize=(6 * len(shown), 7), layout="constrained")
     for ax, res in zip(fig.subplots(1, len(shown), squeeze=False)[0], shown):
         groups = res["markers"]
-        modules = [set(m.split(",")) if m else set() for m in res["modules"]["input"]]
+        modules = [set(m.split(",")) if m else set() for m in res["modules"]["default"]]
         hits = np.array([[len(m & set(g)) for g in groups.values()] for m in modules])
         best = hits.argmax(axis=1)
         chosen = [i for i in np.lexsort((-hits.max(axis=1), best)) if hits[i].max() >= 3][:40]
@@ -434,7 +474,7 @@ def marker_figure(results: list[dict], path: Path) -> bool:
         ax.set_xticks(range(len(groups)), list(groups), rotation=60, ha="right", fontsize="small")
         ax.set_yticks(
             range(len(chosen)),
-            [f"{i}: {','.join(res['modules']['input'][i].split(',')[:3])}" for i in chosen],
+            [f"{i}: {','.join(res['modules']['default'][i].split(',')[:3])}" for i in chosen],
             fontsize="x-small",
         )
         n_any = int((hits.max(axis=1) >= 3).sum())
@@ -517,16 +557,17 @@ def _verdict(results: list[dict]) -> str:
     lines = []
     for res in results:
         base = res["rows"][0]["poisson"]
-        row = next(r for r in res["rows"] if r.get("kind") == "input")
+        row = next(r for r in res["rows"] if r.get("kind") == "default")
         change = _change(row["poisson"], base)
-        coherent = row["coherent_input"]
+        coherent = row["coherent"]
         ok = row["sparsity"] >= 0.9 and abs(change) <= 0.005 and coherent >= 0.5
         paper = next(r for r in res["rows"] if r["method"].startswith("paper"))
         ldvae = next((r for r in res["rows"] if "LDVAE" in r["method"]), None)
         lines.append(
             f"- {res['dataset']}: `prune()` left {row['sparsity']:.1%} of the first layer zero, "
             f"held-out Poisson {change:+.3%} vs dense, {coherent:.0%} of modules coherent "
-            f"(dense, ranked by abs(w): {res['rows'][0]['coherent_plain']:.0%}): target "
+            f"(random weights on the same support: {row['coherent_random']:.0%}; dense model: "
+            f"{res['rows'][0]['coherent']:.0%}): target "
             f"{'met' if ok else 'missed'}. The paper's `prune(delta=1e-4)` zeroed "
             f"{paper['sparsity']:.2%}"
             + (
@@ -599,20 +640,42 @@ def render() -> None:
     print(_verdict(results))
 
 
+def _earlier_ldvae(path: Path) -> dict | None:
+    """LDVAE's row and modules from an earlier result file of the same dataset and seed."""
+    if not path.exists():
+        return None
+    earlier = json.loads(path.read_text())
+    row = next((r for r in earlier["rows"] if "LDVAE" in r["method"]), None)
+    if row is None or "ldvae_modules" not in earlier:
+        return None
+    return {**row, "modules": earlier["ldvae_modules"]}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("datasets", nargs="*", default=["pbmc3k", "immune559", "sim", "hgmm1k"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument(
+        "--force", action="store_true", help="rerun datasets that already have results"
+    )
+    parser.add_argument(
+        "--refresh-ldvae",
+        action="store_true",
+        help="retrain LDVAE too (default: with --force, its row is taken from the earlier run)",
+    )
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.render_only:
         for name in args.datasets:
             for seed in args.seeds:
-                if not (OUT / f"rows_{name}_{seed}.json").exists():
-                    start = time.time()
-                    run(name, seed)
-                    print(f"{name} seed {seed}: {time.time() - start:.0f} s", flush=True)
+                path = OUT / f"rows_{name}_{seed}.json"
+                if path.exists() and not args.force:
+                    continue
+                ldvae = None if args.refresh_ldvae else _earlier_ldvae(path)
+                start = time.time()
+                run(name, seed, ldvae)
+                print(f"{name} seed {seed}: {time.time() - start:.0f} s", flush=True)
         meta_path = OUT / "meta.json"
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         command = " ".join(["nice -n 10 python benchmarks/sparsity.py", *(argv or sys.argv[1:])])

@@ -199,13 +199,15 @@ def test_save_model_report_info_and_prune(tmp_path, counts, config, capsys, monk
     assert main(["prune", str(model_dir), "--delta", "2"]) == 2
     assert main(["prune", str(model_dir), "--sparsity", "1"]) == 2
     assert main(["prune", str(model_dir), "--sparsity", "0.5", "--delta", "0.1"]) == 2
+    assert main(["prune", str(model_dir), "--signed", "--delta", "0.1"]) == 2
     capsys.readouterr()
     gradual = tmp_path / "gradual"
     short = {**sparsity_module.PRUNE_SCHEDULE, "min_steps": 4, "min_epochs": 2, "patience": 2}
     monkeypatch.setattr(sparsity_module, "PRUNE_SCHEDULE", short)  # a short schedule
     assert main(["prune", str(model_dir), "--sparsity", "0.5", "-o", str(gradual)]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert line.startswith("pruned 50.00% of first-layer weights") and "gradual" in line
+    assert line.startswith("pruned ") and "of first-layer weights" in line and "gradual" in line
+    assert float(line.split()[1].rstrip("%")) >= 50  # the kept weights held >= 0 may add zeros
     assert main(["info", str(gradual)]) == 0
     share = float(capsys.readouterr().out.split("first layer: ")[1].split("%")[0])
     assert share >= 50

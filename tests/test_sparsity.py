@@ -339,6 +339,7 @@ def test_gradual_prune_reaches_sparsity_with_exact_zeros(model):
     assert report["fraction_pruned"] >= 0.8
     assert int((layer.weight == 0).sum()) >= np.ceil(0.8 * layer.weight.numel())  # exact zeros
     assert (layer.weight[layer.mask == 0] == 0).all()
+    assert report["nonnegative"] and (layer.weight >= 0).all()  # the default: neurons add up
     assert report["epochs"] >= 34  # the schedule's 100 steps at 3 steps per epoch, then more
     np.testing.assert_array_equal(np.sort(model.validation_indices), np.sort(validation))
     held = model.heldout_loss(indices=np.sort(validation))
@@ -348,6 +349,17 @@ def test_gradual_prune_reaches_sparsity_with_exact_zeros(model):
         model.prune(sparsity=0.9, delta=1e-4)
     with pytest.raises(ValueError, match="sparsity must lie"):
         model.prune(sparsity=1.0)
+    with pytest.raises(ValueError, match="nonnegative applies to gradual"):
+        model.prune(delta=1e-4, nonnegative=True)
+
+
+def test_gradual_prune_can_keep_signed_weights(model):
+    assert (model.module.encoder.first.weight < 0).any()
+    report = model.prune(sparsity=0.5, nonnegative=False, max_epochs=2, batch_size=64)
+    layer = model.module.encoder.first
+    assert not report["nonnegative"]
+    assert (layer.effective_weight() < 0).any() and (layer.effective_weight() > 0).any()
+    assert report["fraction_pruned"] == pytest.approx(0.5, abs=1 / layer.weight.numel())
 
 
 def test_gradual_prune_survives_save_load_and_training(model, tmp_path):

@@ -148,12 +148,19 @@ ERROR_BAR_LAMBDA: float = 2.3263478740408408 / 2**0.5
 PRUNE_DELTA: float = 1e-4
 
 #: ``model.prune()``'s gradual magnitude pruning (Zhu & Gupta 2017): the share of first-layer
-#: weights set to zero, reached along a cubic schedule over at least ``min_epochs`` epochs and
-#: ``min_steps`` optimiser steps, then fine-tuned with the mask fixed until the held-out loss
-#: has not improved for ``patience`` epochs (the best epoch's weights are kept). Chosen by
-#: ``benchmarks/sparsity.py``.
+#: weights set to zero (``nonnegative``: the kept weights are held ``>= 0``), reached along a
+#: cubic schedule over at least ``min_epochs`` epochs and ``min_steps`` optimiser steps, then
+#: fine-tuned with the mask fixed until the held-out loss has not improved for ``patience``
+#: epochs (the best epoch's weights are kept). Chosen by ``benchmarks/sparsity.py``.
 PRUNE_SCHEDULE: MappingProxyType = MappingProxyType(
-    {"sparsity": 0.9, "min_epochs": 10, "min_steps": 100, "n_updates": 20, "patience": 10}
+    {
+        "sparsity": 0.98,
+        "nonnegative": True,
+        "min_epochs": 10,
+        "min_steps": 100,
+        "n_updates": 20,
+        "patience": 10,
+    }
 )
 
 #: Fraction of molecules kept for the model's input in held-out-molecule validation.

@@ -482,6 +482,9 @@ class GradualPruning(Callback):
         How many times the mask is recomputed.
     input_scale
         Per-gene scale of the importance scores (None: ``|w|``).
+    nonnegative
+        Project the layer's weights onto ``w >= 0`` after every optimiser step (from the
+        first step on), so that each neuron adds up its genes.
     monitor
         Validation metric whose best value after pruning selects the weights kept (without
         validation the last weights are kept).
@@ -494,13 +497,26 @@ class GradualPruning(Callback):
         n_steps: int,
         n_updates: int = PRUNE_SCHEDULE["n_updates"],
         input_scale: torch.Tensor | None = None,
+        nonnegative: bool = False,
         monitor: str = "validation_loss",
     ):
         self.layer, self.sparsity, self.input_scale = layer, float(sparsity), input_scale
+        self.nonnegative = bool(nonnegative)
         self.n_steps, self.monitor = max(int(n_steps), 1), monitor
         updates = np.linspace(0, self.n_steps, max(int(n_updates), 1) + 1)[1:]
         self.update_steps = sorted({round(u) - 1 for u in updates})
         self.done, self.best, self.best_state = False, math.inf, None
+
+    def _project(self) -> None:
+        if self.nonnegative:
+            with torch.no_grad():
+                self.layer.weight.clamp_(min=0.0)
+
+    def on_train_start(self, trainer, pl_module):
+        self._project()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._project()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         step = trainer.global_step
@@ -638,18 +654,23 @@ class SparsityMixin:
         adata: AnnData | None = None,
         batch_size: int | None = None,
         weigh_by_input: bool = True,
+        nonnegative: bool | None = None,
         **train_kwargs,
     ) -> dict[str, float]:
         """Prune the first layer; the zeros are pinned by a mask that training and saving keep.
 
         Default (``model.prune()``): gradual magnitude pruning with fine-tuning, to a share
-        ``sparsity`` of zeros (90%). Training continues from the current weights; along Zhu and
-        Gupta's cubic schedule the weights of lowest ``|w_ig| * scale_g`` (``scale_g``: the
-        standard deviation of gene ``g``'s encoder input, :meth:`input_scale`) are zeroed
-        (torch's ``L1Unstructured`` on these scores), over at least 10 epochs and 100
-        optimiser steps; then the model is fine-tuned with the mask fixed until the held-out
-        loss has not improved for 10 epochs, and the best epoch's weights are kept. The
-        training and validation cells are the model's own (when it still knows them).
+        ``sparsity`` of zeros (98%), with the kept weights held non-negative. Training
+        continues from the current weights; along Zhu and Gupta's cubic schedule the weights of
+        lowest ``|w_ig| * scale_g`` (``scale_g``: the standard deviation of gene ``g``'s encoder
+        input, :meth:`input_scale`) are zeroed (torch's ``L1Unstructured`` on these scores),
+        over at least 10 epochs and 100 optimiser steps, while every optimiser step is followed
+        by a projection of the layer onto ``w >= 0``; then the model is fine-tuned with the
+        mask fixed until the held-out loss has not improved for 10 epochs, and the best
+        epoch's weights are kept. Each first-layer neuron then adds up a few hundred genes
+        (its gene module) with positive weights; on the project's real sets this cost at most
+        0.2% of held-out-molecule loss (see the documentation's sparsity page). The training
+        and validation cells are the model's own (when it still knows them).
 
         ``model.prune(delta=1e-4)``: the paper's one-shot procedure (III-E): each neuron's
         weights are divided by its largest absolute weight and those below ``delta`` are
@@ -661,7 +682,7 @@ class SparsityMixin:
         Parameters
         ----------
         sparsity
-            Share of first-layer weights set to zero (default 0.9); earlier zeros count.
+            Share of first-layer weights set to zero (default 0.98); earlier zeros count.
         delta
             Use the paper's threshold instead: normalised ``|w| < delta`` is zeroed.
         adata
@@ -671,6 +692,11 @@ class SparsityMixin:
             Minibatch size (training and scoring).
         weigh_by_input
             Score weights by ``|w| * scale`` (True) or by ``|w|`` alone.
+        nonnegative
+            Gradual pruning only: hold the first layer's weights ``>= 0`` (projected after
+            every optimiser step), so that each neuron adds up the genes it keeps (default
+            True; False keeps signed weights). A later :meth:`train` keeps the mask, not the
+            sign.
         **train_kwargs
             Passed to :meth:`train` for the fine-tuning (e.g. ``max_epochs``,
             ``early_stopping_patience``, ``lr``).
@@ -694,6 +720,8 @@ class SparsityMixin:
         self._check_trained()
         if sparsity is not None and delta is not None:
             raise ValueError("Give sparsity (gradual pruning) or delta (the paper's), not both.")
+        if delta is not None and nonnegative is not None:
+            raise ValueError("nonnegative applies to gradual pruning, not to delta.")
         if self.adata is None and (delta is None or adata is None):
             raise ValueError(
                 "This model holds no data: gradual pruning fine-tunes on the training data "
@@ -712,7 +740,11 @@ class SparsityMixin:
             sparsity = PRUNE_SCHEDULE["sparsity"] if sparsity is None else float(sparsity)
             if not 0.0 <= sparsity < 1.0:
                 raise ValueError(f"sparsity must lie in [0, 1), not {sparsity!r}.")
-            info = self._prune_gradually(sparsity, weigh_by_input, batch_size, train_kwargs)
+            if nonnegative is None:
+                nonnegative = PRUNE_SCHEDULE["nonnegative"]
+            info = self._prune_gradually(
+                sparsity, weigh_by_input, bool(nonnegative), batch_size, train_kwargs
+            )
         layer = use_sparse_inference(self.module)
         after = self._pruning_scores(data, indices, batch_size)
         n_weights = layer.weight.numel()
@@ -727,7 +759,12 @@ class SparsityMixin:
         return report
 
     def _prune_gradually(
-        self, sparsity: float, weigh_by_input: bool, batch_size: int | None, train_kwargs: dict
+        self,
+        sparsity: float,
+        weigh_by_input: bool,
+        nonnegative: bool,
+        batch_size: int | None,
+        train_kwargs: dict,
     ) -> dict[str, float | str]:
         layer = self.module.encoder.first
         scale = self.input_scale(batch_size=batch_size) if weigh_by_input else None
@@ -747,7 +784,9 @@ class SparsityMixin:
         steps_per_epoch = max(math.ceil(n_train / batch), 1)
         n_steps = max(PRUNE_SCHEDULE["min_steps"], PRUNE_SCHEDULE["min_epochs"] * steps_per_epoch)
         prune_epochs = math.ceil(n_steps / steps_per_epoch)
-        callback = GradualPruning(layer, sparsity, n_steps, input_scale=scale)
+        callback = GradualPruning(
+            layer, sparsity, n_steps, input_scale=scale, nonnegative=nonnegative
+        )
         patience = PRUNE_SCHEDULE["patience"]
         kwargs.update(
             max_epochs=prune_epochs + 20 * patience,
@@ -765,9 +804,13 @@ class SparsityMixin:
         self.train(**kwargs)
         # the target even if training ended before the schedule did; zeros under the mask
         set_mask(layer, magnitude_mask(layer, sparsity, scale))
+        if nonnegative:
+            with torch.no_grad():
+                layer.weight.clamp_(min=0.0)
         return {
             "method": "magnitude",
             "sparsity": sparsity,
+            "nonnegative": nonnegative,
             "epochs": len(self.history["train_loss"]) - epochs_before,
         }
 

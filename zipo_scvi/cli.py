@@ -652,6 +652,8 @@ def _prune(args: argparse.Namespace) -> int:
         raise UserError(f"--sparsity must lie in [0, 1), not {args.sparsity:g}")
     if args.delta is not None and args.sparsity is not None:
         raise UserError("give --sparsity (gradual pruning) or --delta (the paper's), not both")
+    if args.delta is not None and args.signed:
+        raise UserError("--signed applies to gradual pruning; --delta keeps the weights' signs")
     source = Path(args.model_dir)
     out = Path(args.output) if args.output else source.with_name(source.name + "_pruned")
     adata = None
@@ -673,7 +675,8 @@ def _prune(args: argparse.Namespace) -> int:
         _check_outputs(args, {}, {"--output": out})
     elif not args.force:
         raise UserError(f"{str(out)!r} is the input model; pass --force to replace it")
-    result = model.prune(sparsity=args.sparsity, delta=args.delta)
+    signed = {"nonnegative": False} if args.signed else {}
+    result = model.prune(sparsity=args.sparsity, delta=args.delta, **signed)
     _save_model(model, out)
     how = (
         f"at delta {result['delta']:g}"
@@ -876,6 +879,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"share of first-layer weights set to zero (default {PRUNE_SCHEDULE['sparsity']:g})",
     )
     p.add_argument("--delta", type=float, help="the paper's threshold instead (paper: 1e-4)")
+    p.add_argument(
+        "--signed",
+        action="store_true",
+        help="gradual pruning: keep signed weights (default: the kept weights are held >= 0, "
+        "so each neuron adds up its genes)",
+    )
     p.add_argument(
         "--data",
         metavar="FILE",
