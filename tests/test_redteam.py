@@ -407,3 +407,100 @@ def test_covariate_messages_name_the_column(adata):
     adata.obs["note"] = "x"
     with pytest.raises(ValueError, match="Continuous covariate 'note' holds non-numeric"):
         ZIPO.setup_anndata(adata, continuous_covariate_keys=["note"])
+
+
+# ------------------------------------------------------------------ 4. getters check like load
+def test_getters_refuse_other_gene_order_and_bad_counts(adata):
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, **TINY)
+    with pytest.raises(ValueError, match="another order"):
+        model.get_normalized_expression(adata=adata[:, ::-1].copy())
+    with pytest.raises(ValueError, match="do not match the model's genes"):
+        model.get_latent_representation(adata=adata[:, 1:].copy())
+    for value, message in ((np.nan, "NaN"), (-1.0, "negative"), (0.5, "non-integer")):
+        bad = adata.copy()
+        bad.X = np.asarray(bad.X.todense() if hasattr(bad.X, "todense") else bad.X, float)
+        bad.X[0, 0] = value
+        with pytest.raises(ValueError, match=message):
+            model.get_normalized_expression(adata=bad)
+    same = model.get_latent_representation(adata=adata.copy())  # the right data still works
+    np.testing.assert_allclose(same, model.get_latent_representation(), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ 5, 8, 9. CSV tables
+def _table(n_cells: int = 30, n_genes: int = 20, seed: int = 0):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(3.0, size=(n_cells, n_genes))
+    return pd.DataFrame(
+        counts,
+        index=[f"cell{i}" for i in range(n_cells)],
+        columns=[f"gene{j}" for j in range(n_genes)],
+    )
+
+
+def test_csv_without_row_names_keeps_every_gene(tmp_path):
+    from zipo_scvi.data import read_counts
+
+    table = _table()
+    path = tmp_path / "no_index.csv"
+    table.to_csv(path, index=False)
+    with pytest.warns(UserWarning, match="no column of row names"):
+        adata = read_counts(path, transpose=False)
+    assert adata.shape == (30, 20) and list(adata.var_names) == list(table.columns)
+    np.testing.assert_array_equal(adata.X.toarray(), table.to_numpy())
+    numbered = tmp_path / "numbered.csv"  # row names that are numbers 1..n stay row names
+    table.set_axis(range(1, 31)).rename_axis("id").to_csv(numbered)
+    assert read_counts(numbered, transpose=False).shape == (30, 20)
+
+
+def test_short_csv_row_is_named(tmp_path):
+    from zipo_scvi.data import InputError, read_counts
+
+    path = tmp_path / "short.csv"
+    text = _table(5, 4).to_csv().splitlines()
+    text[3] = ",".join(text[3].split(",")[:-1])  # the third cell lost its last field
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(InputError, match="row 3 \\(named 'cell2'\\) has empty, missing"):
+        read_counts(path, transpose=False)
+
+
+def test_csv_counts_above_2_to_the_24_stay_exact(tmp_path):
+    from zipo_scvi.data import read_counts
+
+    table = _table(4, 3)
+    table.iloc[0, 0] = 2**24 + 1
+    path = tmp_path / "big.csv"
+    table.to_csv(path)
+    adata = read_counts(path, transpose=False)
+    assert int(adata.X[0, 0]) == 2**24 + 1  # float32 would round it to 2**24
+
+
+def test_counts_only_in_raw_get_a_hint(adata):
+    import anndata
+
+    normalised = adata.copy()
+    normalised.raw = adata.copy()
+    normalised.X = np.log1p(
+        np.asarray(adata.X.todense() if hasattr(adata.X, "todense") else adata.X, float)
+    )
+    with pytest.raises(ValueError, match=r"non-integer .* adata\.raw seems to hold them"):
+        ZIPO.setup_anndata(normalised)
+    plain = anndata.AnnData(np.asarray(normalised.X))  # no raw: no hint
+    with pytest.raises(ValueError, match="non-integer") as err:
+        ZIPO.setup_anndata(plain)
+    assert "adata.raw" not in str(err.value)
+
+
+def test_float_batch_column_with_many_values_warns(adata):
+    adata.obs["depth"] = np.linspace(0.0, 1.0, adata.n_obs)
+    with pytest.warns(UserWarning, match=r"holds \d+ distinct numbers.*continuous_covariate"):
+        ZIPO.setup_anndata(adata, batch_key="depth")
+
+
+def test_all_zero_matrix_is_refused(adata):
+    empty = adata.copy()
+    empty.X = empty.X * 0
+    with pytest.raises(ValueError, match="holds no counts"):
+        ZIPO.setup_anndata(empty)

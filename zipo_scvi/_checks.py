@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,7 +142,35 @@ def check_counts(adata: AnnData, layer: str | None = None) -> None:
         if frac.size:
             raise ValueError(
                 f"{where} holds non-integer values (e.g. {frac[0]:g}); ZIPO needs raw counts."
+                + _raw_hint(adata, layer)
             )
+
+
+def _raw_hint(adata: AnnData, layer: str | None) -> str:
+    """A hint when the counts seem to be in ``adata.raw`` (X normalised, raw.X integers)."""
+    raw = getattr(adata, "raw", None)
+    if layer is not None or raw is None or raw.X is None:
+        return ""
+    values = _values(raw.X[: min(_CHUNK, raw.X.shape[0])]).ravel()
+    if values.size == 0 or (values != np.round(values)).any() or (values < 0).any():
+        return ""
+    return (
+        " adata.raw seems to hold them: use adata = adata.raw.to_adata() (keeps obs) or put "
+        "them in a layer (adata.layers['counts'] = adata.raw[:, adata.var_names].X) and pass "
+        "layer='counts' (--layer counts)."
+    )
+
+
+def check_not_all_zero(adata: AnnData, layer: str | None = None) -> None:
+    """Raise ``ValueError`` if the count matrix holds no molecule at all (nothing to learn)."""
+    matrix = adata.X if layer is None else adata.layers[layer]
+    total = 0.0
+    for start in range(0, adata.n_obs, _CHUNK):
+        total += float(_values(matrix[start : start + _CHUNK]).sum())
+        if total > 0:
+            return
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    raise ValueError(f"{where} holds no counts (every value is 0): there is nothing to denoise.")
 
 
 def check_obs_keys(
@@ -172,6 +201,18 @@ def check_obs_keys(
                 raise ValueError(
                     f"adata.obs[{key!r}] has no value (NaN) for {empty} of {adata.n_obs} cells; "
                     "fill them (e.g. with 'unknown') or drop those cells."
+                )
+    for key in [batch_key, *(categorical_covariate_keys or [])]:
+        column = adata.obs[key] if key is not None else None
+        if column is not None and pd.api.types.is_float_dtype(column):
+            n_levels = column.nunique()
+            if n_levels > 50 or n_levels > adata.n_obs / 2:
+                warnings.warn(
+                    f"adata.obs[{key!r}] holds {n_levels} distinct numbers: it is used as a "
+                    f"categorical column, one batch per value ({n_levels} batches). Pass a "
+                    "continuous quantity as continuous_covariate_keys instead.",
+                    UserWarning,
+                    stacklevel=3,
                 )
     for key in continuous_covariate_keys or []:
         try:
@@ -219,19 +260,42 @@ def check_saved_genes(
         return
     if saved is None:
         return
-    saved = pd.Index(np.asarray(saved).astype(str))
-    given = pd.Index(np.asarray(adata.var_names).astype(str))
-    if saved.equals(given):
+    check_genes(saved, adata.var_names, "the saved model's")
+
+
+def check_genes(expected: Sequence[str], given: Sequence[str], whose: str = "the model's") -> None:
+    """Raise ``ValueError`` if ``given`` gene names are not ``expected``, in the same order.
+
+    Parameters
+    ----------
+    expected
+        The model's genes.
+    given
+        The genes of the data handed to it.
+    whose
+        How the message names the expected genes.
+
+    Examples
+    --------
+    >>> check_genes(["a", "b"], ["a", "b"])
+    >>> check_genes(["a", "b"], ["b", "a"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: The genes of this AnnData do not match the model's genes ... another order...
+    """
+    saved = pd.Index(np.asarray(expected).astype(str))
+    names = pd.Index(np.asarray(given).astype(str))
+    if saved.equals(names):
         return
-    if len(saved) == len(given) and set(saved) == set(given):
+    if len(saved) == len(names) and set(saved) == set(names):
         hint = "the same genes in another order; reorder them: adata[:, saved_genes]"
     else:
-        missing, extra = saved.difference(given), given.difference(saved)
+        missing, extra = saved.difference(names), names.difference(saved)
         hint = (
-            f"{len(missing)} saved genes missing (e.g. {list(missing[:3])}), "
+            f"{len(missing)} of the model's genes missing (e.g. {list(missing[:3])}), "
             f"{len(extra)} genes the model does not know (e.g. {list(extra[:3])})"
         )
     raise ValueError(
-        f"The genes of this AnnData do not match the saved model's genes ({len(given)} genes, "
+        f"The genes of this AnnData do not match {whose} genes ({len(names)} genes, "
         f"the model has {len(saved)}): {hint}."
     )

@@ -24,7 +24,14 @@ from scvi.data.fields import (
 )
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
-from ._checks import check_counts, check_obs_keys, check_saved_genes, check_settings
+from ._checks import (
+    check_counts,
+    check_genes,
+    check_not_all_zero,
+    check_obs_keys,
+    check_saved_genes,
+    check_settings,
+)
 from ._defaults import MOLECULE_SPLIT, TRAIN_PLAN_KEYS
 from ._defaults import preset as get_preset
 from ._module import ZiPoModule
@@ -285,6 +292,7 @@ alpha_w, alpha_theta, alpha_library
         >>> ZIPO.setup_anndata(adata, batch_key="batch")
         """
         check_counts(adata, layer)
+        check_not_all_zero(adata, layer)
         check_obs_keys(adata, batch_key, categorical_covariate_keys, continuous_covariate_keys)
         setup_method_args = cls._get_setup_method_args(**locals())
         fields = [
@@ -296,6 +304,22 @@ alpha_w, alpha_theta, alpha_library
         manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         manager.register_fields(adata, **kwargs)
         cls.register_manager(manager)
+
+    def _validate_anndata(
+        self, adata: AnnData | None = None, copy_if_view: bool = True
+    ) -> AnnData:
+        """scvi-tools' check of data handed to a getter, plus what :meth:`load` checks.
+
+        A new AnnData must have the model's genes in the model's order and hold finite,
+        non-negative integer counts: scvi-tools only warns about other gene names, so genes
+        in another order would be read as the wrong genes.
+        """
+        if isinstance(adata, AnnData) and adata is not self.adata:
+            genes = self.adata_manager.get_state_registry(REGISTRY_KEYS.X_KEY).get("column_names")
+            if genes is not None:
+                check_genes(genes, adata.var_names)
+            check_counts(adata, self.adata_manager.registry["setup_args"].get("layer"))
+        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
     @classmethod
     def load(cls, dir_path: str, adata: AnnData | None = None, **kwargs) -> ZIPO:

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -233,6 +234,25 @@ def _read_table(path: Path, sep: str, transpose: bool) -> AnnData:
             f"{str(path)!r} holds no count table (shape {table.shape}); expected a header row of "
             f"names and a first column of names, separated by {sep!r}"
         )
+    if _no_row_names(table):
+        warnings.warn(
+            f"{str(path)!r} has no column of row names (its first column holds numbers and its "
+            f"header names it {str(table.index.name)!r}): every column is read as a gene and "
+            "the rows are numbered. Write the table with row names (pandas: index=True) to name "
+            "them.",
+            UserWarning,
+            stacklevel=3,
+        )
+        table = pd.read_csv(path, sep=sep, index_col=None)
+        table.index = table.index.astype(str)
+    missing = table.isna().any(axis=1).to_numpy()
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0])
+        raise InputError(
+            f"{str(path)!r}: row {row + 1} (named {str(table.index[row])!r}) has empty, "
+            f"missing or NaN fields; every row needs as many values, separated by {sep!r}, as the "
+            "header has names"
+        )
     bad = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
     if bad:
         raise InputError(
@@ -249,7 +269,10 @@ def _read_table(path: Path, sep: str, transpose: bool) -> AnnData:
             )
     if transpose:
         table = table.T
-    x = sp.csr_matrix(table.to_numpy(dtype=np.float32))
+    values = table.to_numpy(dtype=np.float64)
+    # float32 holds integers exactly only up to 2**24; keep larger counts exact
+    exact = values.size == 0 or np.nanmax(np.abs(values)) <= 2**24
+    x = sp.csr_matrix(values.astype(np.float32) if exact else values)
     adata = AnnData(
         x,
         obs=pd.DataFrame(index=table.index.astype(str)),
@@ -258,6 +281,21 @@ def _read_table(path: Path, sep: str, transpose: bool) -> AnnData:
     adata.obs_names_make_unique()
     adata.var_names_make_unique()
     return adata
+
+
+def _no_row_names(table: pd.DataFrame) -> bool:
+    """Whether a table read with its first column as row names had no such column.
+
+    Its first column then holds a gene's counts: numbers, under a header name of its own
+    (pandas writes an empty first header cell above row names), and not the run 0..n-1 or
+    1..n of numbered rows.
+    """
+    index = table.index
+    if index.name is None or not pd.api.types.is_numeric_dtype(index) or len(index) < 2:
+        return False
+    values = index.to_numpy(dtype=np.float64)
+    numbered = any(np.array_equal(values, np.arange(len(values)) + k) for k in (0, 1))
+    return not numbered
 
 
 _ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")  # ENSG00000141510, ENSMUSG...
