@@ -504,3 +504,29 @@ def test_all_zero_matrix_is_refused(adata):
     empty.X = empty.X * 0
     with pytest.raises(ValueError, match="holds no counts"):
         ZIPO.setup_anndata(empty)
+
+
+# ------------------------------------------------------------------ 9. what the outputs hold
+def test_in_memory_output_has_no_scvi_registration(workdir):
+    import anndata
+
+    assert main(_denoise("-o", "o.h5ad", "--batch-key", "batch")) == 0
+    out = anndata.read_h5ad(workdir / "o.h5ad")
+    assert not [k for k in out.obs.columns if k.startswith("_scvi")]
+    assert not [k for k in out.uns if k.startswith("_scvi")]
+    assert "zipo_denoised" in out.layers and "zipo" in out.uns
+
+
+def test_csc_and_csr_counts_train_to_the_same_model():
+    import scipy.sparse as sp
+
+    latents = []
+    for convert in (sp.csr_matrix, sp.csc_matrix):
+        adata = simulate_counts(n_cells=80, n_genes=20, seed=0)
+        adata.X = convert(adata.X)
+        ZIPO.setup_anndata(adata)
+        assert sp.isspmatrix_csr(adata.X)
+        model = ZIPO(adata, **TINY, seed=0)
+        model.train(max_epochs=2, enable_progress_bar=False, seed=0)
+        latents.append(model.get_latent_representation())
+    np.testing.assert_array_equal(latents[0], latents[1])

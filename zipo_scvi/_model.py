@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import scvi
 import torch
 from anndata import AnnData
@@ -67,6 +68,18 @@ from .data._h5ad import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def _store_csr(adata: AnnData, layer: str | None) -> None:
+    """Store CSC counts as CSR (same values): minibatches take rows, and CSC gives other float
+    results after training than CSR (and is slow); scvi-tools itself only warns.
+    """
+    matrix = adata.X if layer is None else adata.layers[layer]
+    if isinstance(matrix, sp.csc_matrix | sp.csc_array):
+        if layer is None:
+            adata.X = matrix.tocsr()
+        else:
+            adata.layers[layer] = matrix.tocsr()
 
 
 def _count_summary(manager: AnnDataManager, chunk: int = 10_000) -> tuple[float, torch.Tensor]:
@@ -266,6 +279,9 @@ alpha_w, alpha_theta, alpha_library
     ) -> None:
         """Register an AnnData of raw counts with ZIPO.
 
+        Counts stored as a CSC matrix are converted to CSR in place (same values): minibatches
+        take rows, and CSC would give other numbers after training than CSR.
+
         Parameters
         ----------
         adata
@@ -293,6 +309,7 @@ alpha_w, alpha_theta, alpha_library
         """
         check_counts(adata, layer)
         check_not_all_zero(adata, layer)
+        _store_csr(adata, layer)  # not inline: setup_anndata's locals() are its saved args
         check_obs_keys(adata, batch_key, categorical_covariate_keys, continuous_covariate_keys)
         setup_method_args = cls._get_setup_method_args(**locals())
         fields = [

@@ -8,6 +8,7 @@ and 143 after SIGTERM (temporary files are removed: each output is either comple
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import logging
 import os
@@ -489,6 +490,21 @@ def _denoise(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@contextlib.contextmanager
+def _without_scvi_registration(adata):
+    """Leave scvi-tools' registration entries (``obs['_scvi_*']``, ``uns['_scvi_*']``) out of a
+    written file, as the backed writer does; they are put back for the model afterwards.
+    """
+    obs = {k: adata.obs.pop(k) for k in list(adata.obs.columns) if str(k).startswith("_scvi_")}
+    uns = {k: adata.uns.pop(k) for k in list(adata.uns) if str(k).startswith("_scvi_")}
+    try:
+        yield
+    finally:
+        for key, column in obs.items():
+            adata.obs[key] = column
+        adata.uns.update(uns)
+
+
 def _write_outputs(
     adata, paths: dict[str, Path], setup: dict[str, Any], label_key: str | None = None
 ) -> None:
@@ -497,7 +513,8 @@ def _write_outputs(
 
     if "--tsv-dir" in paths:
         write_tsv_dir(adata, paths["--tsv-dir"], overwrite=True)
-    write_h5ad_atomic(adata, paths["--output"])
+    with _without_scvi_registration(adata):
+        write_h5ad_atomic(adata, paths["--output"])
     if "--report" in paths:
         from .pl import report
 
