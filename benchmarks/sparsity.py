@@ -535,8 +535,10 @@ modules = top-10 genes of each latent's loadings. Run with {commands}.
 {verdict}
 
 What these measurements say. Holding the kept weights non-negative is what makes the first
-layer prunable: with it, 90% and 98% of zeros cost about as little held-out loss, while signed
-pruning to 90% costs more. The coherence target is not met: on the real sets the learned
+layer prunable: with it, 98% of zeros stays within the held-out target on every set, while signed
+pruning to only 90% costs more held-out loss than the default's 98% on every set. A target
+counts as met only where the modules are also more often coherent than the random-weights
+control. The coherence target is not met: on the real sets the learned
 modules' top genes are co-expressed no more often than those of random weights on the same
 support, and on one far less often; only on the simulator do they beat the control.
 An encoder's first layer is trained to pass on the cell's state, and combining genes that
@@ -572,13 +574,20 @@ def _verdict(results: list[dict]) -> str:
         row = next(r for r in res["rows"] if r.get("kind") == "default")
         change = _change(row["poisson"], base)
         coherent = row["coherent"]
-        ok = row["sparsity"] >= 0.9 and abs(change) <= 0.005 and coherent >= 0.5
+        control = row["coherent_random"]
+        # coherence counts only where it beats modules that learned nothing
+        ok = (
+            row["sparsity"] >= 0.9
+            and abs(change) <= 0.005
+            and coherent >= 0.5
+            and coherent > control
+        )
         paper = next(r for r in res["rows"] if r["method"].startswith("paper"))
         ldvae = next((r for r in res["rows"] if "LDVAE" in r["method"]), None)
         lines.append(
             f"- {res['dataset']}: `prune()` left {row['sparsity']:.1%} of the first layer zero, "
             f"held-out Poisson {change:+.3%} vs dense, {coherent:.0%} of modules coherent "
-            f"(random weights on the same support: {row['coherent_random']:.0%}; dense model: "
+            f"(random weights on the same support: {control:.0%}; dense model: "
             f"{res['rows'][0]['coherent']:.0%}): target "
             f"{'met' if ok else 'missed'}. The paper's `prune(delta=1e-4)` zeroed "
             f"{paper['sparsity']:.2%}"
