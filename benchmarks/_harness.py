@@ -706,6 +706,8 @@ def quiet(threads: int | None = None) -> None:
     import logging
     import warnings
 
+    import lightning.pytorch  # noqa: F401  (sets its loggers' levels when imported: import first)
+
     warnings.filterwarnings("ignore")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "scvi"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -158,3 +158,24 @@ def test_benchmark_table_ranks_zipo_and_marks_the_best(tmp_path):
     assert kept.n_vars == 5 and set(kept.var_names) == set(
         adata.var_names[np.argsort(-totals)[:5]]
     )
+
+
+def test_readme_figure_draws_a_small_png_from_a_fake_result(tmp_path):
+    from anndata import AnnData
+
+    from benchmarks.readme_figure import CELL_TYPES, draw
+
+    rng = np.random.default_rng(0)
+    n = 60
+    counts = rng.poisson(2.0, size=(n, 5)).astype(np.float32)
+    adata = AnnData(sp.csr_matrix(counts))
+    adata.var_names = ["CD3E", "MS4A1", "CD14", "APOC1", "GNLY"]
+    adata.layers["counts"] = adata.X.copy()
+    adata.layers["zipo_denoised"] = counts.mean(axis=0, keepdims=True).repeat(n, axis=0)
+    adata.obs["cell_type"] = np.asarray(list(CELL_TYPES))[np.arange(n) % len(CELL_TYPES)]
+    adata.obsm["X_umap_pca"] = rng.normal(size=(n, 2))
+    adata.obsm["X_umap_zipo"] = rng.normal(size=(n, 2))
+    path = draw(adata, tmp_path / "sub" / "readme.png", gene="MS4A1")
+    assert path.exists() and 0 < path.stat().st_size < 300_000
+    with pytest.raises(KeyError):
+        draw(adata, tmp_path / "other.png", gene="not_a_gene")
