@@ -382,8 +382,8 @@ at lr = 0.0212 also inflate all weights (median |w| from about 0.01 at initialis
 about {median_w:.2f}), and the schedule counts epochs, so {n_cells} cells give about {steps}
 Adam steps per epoch at batch 256, against ~270 for the paper's ~70,000 cells. Early stopping
 (patience 30) on the validation cells ended the paper-preset runs after {epochs_lo}-{epochs_hi}
-epochs: the eval-mode validation loss of the sigmoid -> BatchNorm order is erratic (SPEC.md,
-hazards; see "val. NLL/cell"), so its best value comes early. Measured: {diagnosis} The paper
+epochs: the eval-mode validation loss of the sigmoid -> BatchNorm order is erratic (see
+"val. NLL/cell"), so its best value comes early. Measured: {diagnosis} The paper
 preset keeps the loss as the paper writes it; the gene-mean reading is available by passing
 `alpha_z` and `alpha_w` multiplied by the number of genes (Adam ignores a constant scale of
 the loss, up to its eps, so this equals averaging the NLL over genes).
