@@ -82,10 +82,12 @@ def _first_line(err: BaseException) -> str:
 def _quiet_libraries(quiet: bool) -> None:
     """Keep Lightning's and scvi's informational chatter off a command-line user's screen.
 
-    Lightning sets its loggers' levels when it is imported, so it is imported first (here, once a
-    command runs; ``--help`` and ``--version`` never get this far).
+    Lightning and scvi-tools set their loggers' levels when they are imported, so they are
+    imported first (here, once a command runs; ``--help`` and ``--version`` never get this far).
+    Otherwise ``zipo info`` and ``zipo prune`` print scvi's "File ... already downloaded".
     """
     import lightning.pytorch  # noqa: F401
+    import scvi  # noqa: F401
 
     warnings.filterwarnings("ignore")
     level = logging.ERROR if quiet else logging.WARNING
