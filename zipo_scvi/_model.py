@@ -82,18 +82,32 @@ def _store_csr(adata: AnnData, layer: str | None) -> None:
             adata.layers[layer] = matrix.tocsr()
 
 
-def _count_summary(manager: AnnDataManager, chunk: int = 10_000) -> tuple[float, torch.Tensor]:
-    """Mean log library size and log gene shares of the registered counts, read in chunks."""
+def _count_summary(
+    manager: AnnDataManager, chunk: int = 10_000
+) -> tuple[float, torch.Tensor, torch.Tensor | None]:
+    """Mean log library size, log gene shares of the registered counts and, with several
+    batches, each batch's log gene shares (batches x genes); read in chunks.
+    """
     counts = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
     n_obs = counts.shape[0]
-    log_libraries, gene_totals = [], np.zeros(counts.shape[1])
+    n_batch = manager.summary_stats.n_batch
+    batches = np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel().astype(int)
+    log_libraries, gene_totals = [], np.zeros((n_batch, counts.shape[1]))
     for start in range(0, n_obs, chunk):
         block = counts[start : start + chunk]
         totals = np.asarray(block.sum(axis=1)).ravel()
         log_libraries.append(np.log(np.maximum(totals, 1.0)))
-        gene_totals += np.asarray(block.sum(axis=0)).ravel()
-    shares = (gene_totals + 1.0) / (gene_totals.sum() + gene_totals.size)
-    return float(np.concatenate(log_libraries).mean()), torch.from_numpy(np.log(shares))
+        in_block = batches[start : start + chunk]
+        for b in np.unique(in_block):
+            gene_totals[b] += np.asarray(block[in_block == b].sum(axis=0)).ravel()
+
+    def log_shares(totals: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(
+            np.log((totals + 1.0) / (totals.sum(-1, keepdims=True) + totals.shape[-1]))
+        )
+
+    per_batch = log_shares(gene_totals) if n_batch > 1 else None
+    return float(np.concatenate(log_libraries).mean()), log_shares(gene_totals.sum(0)), per_batch
 
 
 def _add_training_messages(

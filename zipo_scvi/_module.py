@@ -243,15 +243,31 @@ class ZiPoModule(BaseModuleClass):
 
     # ------------------------------------------------------------------ scvi plumbing
     @torch.no_grad()
-    def init_from_data(self, mean_log_library: float, gene_log_freq: torch.Tensor) -> None:
+    def init_from_data(
+        self,
+        mean_log_library: float,
+        gene_log_freq: torch.Tensor,
+        batch_log_freq: torch.Tensor | None = None,
+    ) -> None:
         """Start the library and mean heads at the data's average (a data-dependent init).
 
         Sets the library network's output bias to the mean log library size and the mean
         head's bias to the log of each gene's share of all counts, so training starts from the
         average profile instead of spending its first epochs climbing to it.
+
+        With several batches and a linear decoder, ``batch_log_freq`` (batches x genes: the
+        log of each gene's share of the counts of each batch) starts each batch's decoder
+        weights at its profile's departure from the average. A gene-wise difference between
+        samples is then in the decoder from the first step: with Adam's steps of about ``lr``
+        (0.001) per weight, climbing there takes a few thousand steps, during which the
+        encoder learns to carry the sample in the latents, against what ``batch_mmd`` asks.
         """
         self.library[-1].bias.fill_(float(mean_log_library))
         self.decoder.mean.bias.copy_(gene_log_freq.to(self.decoder.mean.bias))
+        if batch_log_freq is not None and self.n_batch > 1 and not len(self.decoder.hidden):
+            offsets = batch_log_freq.to(self.decoder.mean.weight) - self.decoder.mean.bias
+            columns = slice(self.n_latent, self.n_latent + self.n_batch)
+            self.decoder.mean.weight[:, columns] = offsets.T
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
         inputs = {"x": tensors[REGISTRY_KEYS.X_KEY]}
