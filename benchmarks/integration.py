@@ -514,6 +514,55 @@ def docs_body(rows: pd.DataFrame, command: str) -> str:
     return "\n".join(lines)
 
 
+def readme_body(rows: pd.DataFrame) -> str:
+    """The README's "Several samples" block: ZIPO (batch) beside scVI per data set, one UMAP."""
+    mean = rows.groupby(["dataset", "method"], sort=False).mean(numeric_only=True)
+    n_seeds = rows.groupby(["dataset", "method"]).size()
+    lines = [
+        "| data | method | same-sample share (0.5 = mixed) | iLISI | ARI | NMI "
+        "| held-out Poisson vs no batch handling | r after transform_batch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for data in [d for d in DATASETS if (d, "ZIPO (batch)") in mean.index]:
+        nb = (
+            mean.loc[(data, "ZIPO (no batch)")]
+            if (data, "ZIPO (no batch)") in mean.index
+            else None
+        )
+        for method in ("ZIPO (batch)", "scVI (Poisson, batch)"):
+            if (data, method) not in mean.index:
+                continue
+            m = mean.loc[(data, method)]
+            change = f"{m['mcv_poisson'] / nb['mcv_poisson'] - 1:+.1%}" if nb is not None else ""
+            r = f"{m['r_ratio']:+.2f}" if pd.notna(m.get("r_ratio")) else "(no truth)"
+            name = "ZIPO `batch_key`" if method == "ZIPO (batch)" else "scVI `batch_key`"
+            lines.append(
+                f"| {data} | {name} | {m['same_sample']:.3f} | {m['ilisi']:.3f} | "
+                f"{m['ari']:.3f} | {m['nmi']:.3f} | {change} | {r} |"
+            )
+    seeds = int(n_seeds.max())
+    figure = OUT / "umap_two10x.png"
+    lines += [
+        "",
+        f"Mean of {seeds} seeds, {time.strftime('%Y-%m-%d')}, {machine_info()['cpu']} "
+        f"({machine_info()['cores']} cores); held-out Poisson of ZIPO and scVI each against "
+        "ZIPO without `batch_key` (the cost of removing the batch); `r`: correlation over genes "
+        'between the remaining sample B/A ratio after `transform_batch="A"` and the known '
+        "distortion (0 = removed). sim: simulated batches; hgmm1k, pbmc3k: real cells split at "
+        "random into two samples, one thinned gene by gene; two10x: two real 10x samples from "
+        "different studies. All scores, peers (PCA, Harmony) and settings: "
+        "[several samples](docs/samples.md); written by "
+        "[`benchmarks/integration.py`](benchmarks/integration.py).",
+    ]
+    if figure.exists():
+        lines += [
+            "",
+            "![UMAPs of two real 10x samples: ZIPO with and without batch_key, scVI, PCA, "
+            "Harmony](benchmarks/results/integration/umap_two10x.png)",
+        ]
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -586,6 +635,7 @@ def main(argv: list[str] | None = None) -> None:
         update_readme_section(
             REPO / "docs" / "samples.md", "integration", docs_body(rows, command)
         )
+        update_readme_section(REPO / "README.md", "samples-glance", readme_body(rows))
 
 
 if __name__ == "__main__":

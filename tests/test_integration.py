@@ -53,6 +53,18 @@ def test_mmd_is_small_within_a_sample_large_between_and_its_step_pulls_them_toge
     assert gap.norm() < (shifted[labels == 1].mean(0) - shifted[labels == 0].mean(0)).norm()
 
 
+def test_mmd_is_unbiased_between_samples_of_one_distribution():
+    # the biased estimate is about 5 * (1/n_a + 1/n_b) here and pulls latents together
+    module = ZiPoModule(20, n_batch=2, encoder_sizes=(8, 4), batch_mmd=1.0)
+    labels = torch.arange(64).remainder(2)
+    tensors = {REGISTRY_KEYS.BATCH_KEY: labels.reshape(-1, 1)}
+    torch.manual_seed(0)
+    values = torch.stack([module.batch_mmd(torch.randn(64, 4), tensors) for _ in range(200)])
+    assert values.min() < 0 < values.max()  # an unbiased estimate of 0 takes both signs
+    assert values.mean().abs() < 3 * values.std() / 200**0.5
+    assert values.mean().abs() < 0.1 * 5 * (2 / 32)
+
+
 def _module_and_batch(n=64, n_batch=2):
     torch.manual_seed(0)
     module = ZiPoModule(20, n_batch=n_batch, encoder_sizes=(8, 4), batch_adversary=1.0)

@@ -400,19 +400,28 @@ class ZiPoModule(BaseModuleClass):
         Summed over the nuisance categories (:meth:`nuisance_labels`) and their levels present
         in the minibatch with at least 2 cells on each side; Gaussian kernels at 5 bandwidths
         (0.25 to 4 times the minibatch's median squared distance, a detached scale), the
-        biased estimate (as in trVAE's MMD penalty).
+        unbiased estimate (Gretton et al. 2012: within-sample means leave out each cell's
+        kernel with itself). The biased estimate (trVAE's) keeps those constant terms, which
+        weighs within-sample pairs less than cross pairs: its gradient, even between samples
+        of one distribution, pulls all latents together, a pull that grows with the weight.
         """
         total = z.new_zeros(())
         d2 = torch.cdist(z, z).pow(2)
         scale = d2.detach().median().clamp_min(1e-6)
         k = sum(torch.exp(-d2 / (scale * f)) for f in (0.25, 0.5, 1.0, 2.0, 4.0))
+
+        def within(mask: torch.Tensor) -> torch.Tensor:
+            n = int(mask.sum())
+            block = k[mask][:, mask]
+            return (block.sum() - block.diagonal().sum()) / (n * (n - 1))
+
         for label in self.nuisance_labels(tensors):
             for level in label.unique():
                 a = label == level
                 if a.sum() < 2 or (~a).sum() < 2:
                     continue
                 b = ~a
-                total = total + k[a][:, a].mean() + k[b][:, b].mean() - 2 * k[a][:, b].mean()
+                total = total + within(a) + within(b) - 2 * k[a][:, b].mean()
         return total
 
     def log_likelihood(self, x: torch.Tensor, generative_outputs: dict) -> torch.Tensor:
