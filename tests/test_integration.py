@@ -17,15 +17,15 @@ from zipo_scvi.data import simulate_counts
 def test_paper_preset_keeps_the_batch_beside_the_latents_only(adata):
     paper, default = preset("paper")[0], preset("default")[0]
     assert not paper["encode_covariates"] and paper["batch_mmd"] == paper["batch_adversary"] == 0
-    assert not default["encode_covariates"] and default["batch_mmd"] > 0
+    assert default["encode_covariates"] and default["batch_mmd"] > 0
     ZIPO.setup_anndata(adata, batch_key="batch")
     model = ZIPO(adata, preset="paper", **TINY)
     assert model.module.encoder.covariates is None and len(model.module.adversaries) == 0
     model.train(**FAST)
     assert "batch_mmd_train" not in model.history
     model = ZIPO(adata, **TINY)
-    assert model.module.encoder.covariates is None
-    assert ZIPO(adata, encode_covariates=True, **TINY).module.encoder.covariates is not None
+    assert model.module.encoder.covariates is not None
+    assert ZIPO(adata, encode_covariates=False, **TINY).module.encoder.covariates is None
     model.train(**FAST)
     assert np.isfinite(model.history["batch_mmd_train"].to_numpy(float)).all()
 

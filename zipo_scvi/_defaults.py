@@ -77,12 +77,11 @@ DEFAULT_MODULE_CHANGES: MappingProxyType = MappingProxyType(
         "latent_noise": 0.3,
         "data_init": True,
         "library_source": "observed",
-        # several samples: the batch beside the latents as in the paper (the decoder starts at
-        # each batch's profile, data_init) and an MMD penalty between the batches' latents, so
-        # that the latents keep no batch and transform_batch removes it. The batch to the
-        # encoder too cost held-out loss and cell-type ARI on pbmc3k's split; the adversarial
-        # classifier mixed less (benchmarks/integration.py, docs/samples.md)
-        "encode_covariates": False,
+        # several samples: the batch to the encoder too, and an MMD penalty between the
+        # batches' latents, so that the latents keep no batch and transform_batch removes it
+        # (benchmarks/integration.py, docs/samples.md: without the batch in the encoder
+        # transform_batch left more of the distortion; the adversarial classifier mixed less)
+        "encode_covariates": True,
         "batch_mmd": 100.0,
     }
 )
