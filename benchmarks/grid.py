@@ -22,7 +22,8 @@ without dropout the truth is the rate of the observed counts, so the truth itsel
 possible denoiser: ``oracle share = (none - method) / (none - truth)`` is the share of the
 achievable improvement each method takes.
 
-Writes ``rows.csv``, ``table.md`` and ``margin.png`` under ``--out``.
+Writes ``rows.csv``, ``table.md`` and ``margin.png`` under ``--out``; with the default ``--out``
+also the page ``docs/benchmarks/grid.md`` and the README's "Across data shapes" block.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from benchmarks._harness import (
     mcv_split,
     saved_figure,
     score_mcv,
+    update_docs_section,
+    update_readme_section,
 )
 from benchmarks.run_benchmark import evaluate, load_dataset, parse_methods
 from zipo_scvi._defaults import ERROR_BAR_LAMBDA
@@ -179,7 +182,7 @@ def report(out: Path) -> str:
         for method in mean.index:
             margin = ""
             if method == "ZIPO" and best_peer is not None:
-                rel = 100 * (mean.loc["ZIPO", "poisson"] / peers.loc[best_peer, "poisson"] - 1)
+                rel = 100 * _relative(mean.loc["ZIPO", "poisson"], peers.loc[best_peer, "poisson"])
                 overlap = (
                     abs(mean.loc["ZIPO", "poisson"] - peers.loc[best_peer, "poisson"])
                     <= err.loc["ZIPO", "poisson"] + err.loc[best_peer, "poisson"]
@@ -209,6 +212,52 @@ def report(out: Path) -> str:
             f"({meta.get('machine', {}).get('cpu', '')}, "
             f"{meta.get('machine', {}).get('cores', '')} cores).",
         ]
+    return "\n".join(lines)
+
+
+def _relative(value: float, reference: float) -> float:
+    """``(value - reference) / |reference|``: below 0 when ``value`` is the lower (better) loss,
+    also for the negative losses of data sets whose MCV Poisson is below 0."""
+    return (value - reference) / abs(reference)
+
+
+def glance(out: Path) -> str:
+    """The README block: ZIPO against the best peer at each grid point, and the figure."""
+    rows = pd.read_csv(out / "rows.csv")
+    meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
+    ok = rows[rows["error"].isna()] if "error" in rows else rows
+    lines = [
+        "| data shape | cells x genes | ZIPO held-out Poisson | best peer | ZIPO vs best peer "
+        "| seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for point, sub in ok.groupby("point", sort=False):
+        mean = sub.groupby("method", sort=False)["poisson"].mean()
+        peers = mean.drop(index=[i for i in mean.index if i.startswith(("ZIPO", "none"))])
+        if "ZIPO" not in mean or not len(peers):
+            continue
+        best = peers.idxmin()
+        seeds = int((sub["method"] == "ZIPO").sum())
+        lines.append(
+            f"| {point} | {sub['shape'].iloc[0]} | {mean['ZIPO']:.5f} | {best} "
+            f"{peers[best]:.5f} | {100 * _relative(mean['ZIPO'], peers[best]):+.2f}% | {seeds} |"
+        )
+    machine = meta.get("machine", {})
+    lines += [
+        "",
+        "Points: a real 10x set cut to its 500 or 2,000 most variable genes (`seurat_v3`) or all "
+        "detected genes, at full depth or thinned to a quarter (`d0.25`), and a simulation "
+        "without dropout. Peers run: "
+        + ", ".join(sorted(set(ok["method"]) - {"ZIPO", CONTROL}))
+        + ". "
+        f"{meta.get('date', '')}, {machine.get('cpu', '')} ({machine.get('cores', '')} cores); "
+        "all scores (openproblems' scaled scores, the oracle share) on the "
+        "[grid page](docs/benchmarks/grid.md), written by "
+        "[`benchmarks/grid.py`](benchmarks/grid.py).",
+        "",
+        "![ZIPO's held-out Poisson against the best peer at each data shape]"
+        "(benchmarks/results/grid/margin.png)",
+    ]
     return "\n".join(lines)
 
 
@@ -273,6 +322,10 @@ def main(argv: list[str] | None = None) -> None:
     body = report(out)
     (out / "table.md").write_text("# Denoising across data shapes\n\n" + body + "\n")
     print(body)
+    if out.resolve() == (REPO / "benchmarks/results/grid").resolve():
+        page = body.replace("](margin.png)", "](benchmarks/results/grid/margin.png)")
+        update_docs_section("benchmarks/grid.md", "grid", page)
+        update_readme_section(REPO / "README.md", "grid-glance", glance(out))
 
 
 if __name__ == "__main__":

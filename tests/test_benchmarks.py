@@ -179,3 +179,26 @@ def test_readme_figure_draws_a_small_png_from_a_fake_result(tmp_path):
     assert path.exists() and 0 < path.stat().st_size < 300_000
     with pytest.raises(KeyError):
         draw(adata, tmp_path / "other.png", gene="not_a_gene")
+
+
+def test_grid_margin_is_negative_when_zipo_has_the_lower_loss_also_below_zero(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from benchmarks.grid import _relative, glance
+
+    assert _relative(-0.125, -0.123) < 0 < _relative(0.07, 0.068)
+    rows = pd.DataFrame(
+        {
+            "point": ["p"] * 3,
+            "shape": ["10 x 5"] * 3,
+            "method": ["ZIPO", "scVI Poisson", "none (D = X)"],
+            "poisson": [-0.125, -0.123, -0.06],
+        }
+    )
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    (tmp_path / "meta.json").write_text(json.dumps({"date": "d", "machine": {}}))
+    text = glance(tmp_path)
+    assert "| p | 10 x 5 | -0.12500 | scVI Poisson -0.12300 | -1.63% | 1 |" in text
+    assert "Peers run: scVI Poisson." in text

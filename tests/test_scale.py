@@ -57,9 +57,10 @@ def _trained(adata, max_epochs=2, **model_kwargs):
 # ---------------------------------------------------------------------- backed == in memory
 def test_backed_training_matches_in_memory(h5ad):
     # Backed batches hold the same cells as in-memory ones but come sorted by row (h5py needs
-    # increasing indices). With input dropout the masks would then fall on other cells, and
-    # with Linear -> BatchNorm the Linear bias has no true gradient, so Adam turns summation-
-    # order noise into lr-sized steps of it; both are switched off to compare the data paths.
+    # increasing indices). With input dropout or training on split molecules (train_split) the
+    # random draws would then fall on other cells, and with Linear -> BatchNorm the Linear bias
+    # has no true gradient, so Adam turns summation-order noise into lr-sized steps of it; all
+    # are switched off to compare the data paths.
     kwargs = {"input_dropout": 0.0, "latent_noise": 0.0, "norm_order": "act_bn"}
     in_memory = ad.read_h5ad(h5ad)
     backed = read_backed(h5ad)
@@ -68,7 +69,9 @@ def test_backed_training_matches_in_memory(h5ad):
     for name, adata in (("memory", in_memory), ("backed", backed)):
         ZIPO.setup_anndata(adata, batch_key="batch")
         model = ZIPO(adata, seed=0, **TINY, **kwargs)
-        model.train(max_epochs=2, batch_size=64, seed=0, validation="cells", **QUIET)
+        model.train(
+            max_epochs=2, batch_size=64, seed=0, validation="cells", train_split=1.0, **QUIET
+        )
         results[name] = (model.history["train_loss"].to_numpy(float).ravel(), model)
     loss_memory, memory_model = results["memory"]
     loss_backed, backed_model = results["backed"]

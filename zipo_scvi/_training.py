@@ -96,6 +96,10 @@ class ZiPoTrainingPlan(TrainingPlan):
         Metric watched by the plateau scheduler.
     molecule_split
         Share of molecules the model sees in ``"molecules"`` validation.
+    train_split
+        Below 1: each training step thins every cell's counts, encodes that share of the
+        molecules and scores the model on the rest (molecular cross-validation as the training
+        loss, drawn anew at every step: the model cannot copy the molecules it scores).
     **kwargs
         Passed to :class:`~scvi.train.TrainingPlan`.
     """
@@ -114,6 +118,7 @@ class ZiPoTrainingPlan(TrainingPlan):
         validation: str = PAPER_TRAIN["validation"],
         monitor: str = "validation_loss",
         molecule_split: float = MOLECULE_SPLIT,
+        train_split: float = PAPER_TRAIN["train_split"],
         **kwargs,
     ):
         if validation not in VALIDATION_MODES:
@@ -133,6 +138,7 @@ class ZiPoTrainingPlan(TrainingPlan):
         self.lr_decay, self.lr_floor = lr_decay, lr_floor
         self.validation, self.monitor = validation, monitor
         self.molecule_split = molecule_split
+        self.train_split = float(train_split)
         self._epoch_sums: dict[str, torch.Tensor] = {}  # training metrics, summed per epoch
         self._epoch_cells = 0
 
@@ -168,7 +174,11 @@ class ZiPoTrainingPlan(TrainingPlan):
         ``elbo_*``, ``kl_local_*`` and ``kl_global_*`` are not logged: ZIPO is not a VAE, its
         KL terms are zero and its "ELBO" would repeat the reconstruction loss.
         """
-        _, _, out = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        loss_kwargs = self.loss_kwargs
+        if self.train_split < 1.0:
+            batch, split = _split_molecules(batch, self.train_split, None)
+            loss_kwargs = {**loss_kwargs, **split}
+        _, _, out = self.forward(batch, loss_kwargs=loss_kwargs)
         n = out.n_obs_minibatch
         sums = {
             "train_loss": out.loss.detach() * n,
@@ -214,11 +224,8 @@ class ZiPoTrainingPlan(TrainingPlan):
         loss_kwargs = dict(self.loss_kwargs)
         if self.validation == "molecules":
             generator = torch.Generator(device="cpu").manual_seed(1_000_003 + batch_idx)
-            x = batch[REGISTRY_KEYS.X_KEY]
-            seen, held_out = thin_counts(x.cpu(), self.molecule_split, generator)
-            batch = {**batch, REGISTRY_KEYS.X_KEY: seen.to(x.device)}
-            loss_kwargs["target"] = held_out.to(x.device)
-            loss_kwargs["rate_scale"] = (1.0 - self.molecule_split) / self.molecule_split
+            batch, split = _split_molecules(batch, self.molecule_split, generator)
+            loss_kwargs.update(split)
         _, _, scvi_loss = self.forward(batch, loss_kwargs=loss_kwargs)
         self.log(
             "validation_loss",
@@ -254,6 +261,16 @@ class ZiPoTrainingPlan(TrainingPlan):
 
 
 # ---------------------------------------------------------------------- what training says
+def _split_molecules(batch: dict, share: float, generator) -> tuple[dict, dict]:
+    """The minibatch with ``share`` of each cell's molecules, and the loss arguments that score
+    the rest (``target``, and ``rate_scale``: its expected size relative to the input).
+    """
+    x = batch[REGISTRY_KEYS.X_KEY]
+    seen, held_out = thin_counts(x.cpu(), share, generator)
+    batch = {**batch, REGISTRY_KEYS.X_KEY: seen.to(x.device)}
+    return batch, {"target": held_out.to(x.device), "rate_scale": (1.0 - share) / share}
+
+
 def loss_in_words(monitor: str, validation: str, molecule_split: float) -> tuple[str, str]:
     """(short name, sentence) of the loss that early stopping and the LR schedule watch."""
     penalties = "plus the model's penalties; lower is better"
