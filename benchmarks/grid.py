@@ -176,7 +176,7 @@ def report(out: Path) -> str:
     for point, sub in ok.groupby("point", sort=False):
         grouped = sub.groupby("method", sort=False)[metrics]
         mean, err, count = grouped.mean(), grouped.sem() * ERROR_BAR_LAMBDA, grouped.size()
-        peers = mean.drop(index=[i for i in mean.index if i.startswith(("ZIPO", "none"))])
+        peers = _peers(mean)
         best_peer = peers["poisson"].idxmin() if len(peers) else None
         shape = sub["shape"].iloc[0]
         for method in mean.index:
@@ -215,6 +215,11 @@ def report(out: Path) -> str:
     return "\n".join(lines)
 
 
+def _peers(mean):
+    """The rows (methods) of a per-method table that are peers: not ZIPO, not ``none``."""
+    return mean.drop(index=[i for i in mean.index if i.startswith(("ZIPO", "none"))])
+
+
 def _relative(value: float, reference: float) -> float:
     """``(value - reference) / |reference|``: below 0 when ``value`` is the lower (better) loss,
     also for the negative losses of data sets whose MCV Poisson is below 0."""
@@ -233,7 +238,7 @@ def glance(out: Path) -> str:
     ]
     for point, sub in ok.groupby("point", sort=False):
         mean = sub.groupby("method", sort=False)["poisson"].mean()
-        peers = mean.drop(index=[i for i in mean.index if i.startswith(("ZIPO", "none"))])
+        peers = _peers(mean)
         if "ZIPO" not in mean or not len(peers):
             continue
         best = peers.idxmin()
