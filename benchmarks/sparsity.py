@@ -61,11 +61,12 @@ ONE_SHOT = (0.5, 0.8, 0.9, 0.95, 0.98)
 #: (kind, label, prune() arguments): the default, then what it was chosen against
 GRADUAL = (
     ("default", "prune()", {}),
-    ("nonneg90", "prune(sparsity=0.9)", {"sparsity": 0.9}),
+    ("one_cluster", "prune(clusters_per_neuron=1)", {"clusters_per_neuron": 1}),
+    ("magnitude", "prune(modules=0)", {"modules": 0}),
     (
         "signed90",
-        "prune(sparsity=0.9, nonnegative=False)",
-        {"sparsity": 0.9, "nonnegative": False},
+        "prune(sparsity=0.9, nonnegative=False, modules=0)",
+        {"sparsity": 0.9, "nonnegative": False, "modules": 0},
     ),
 )
 N_TOP = 10
@@ -411,7 +412,9 @@ def figure(results: list[dict], path: Path) -> None:
                     100 * _change(row["poisson"], base), color="grey", ls=":", label="LDVAE"
                 )
                 continue
-            marker = {"default": "*", "nonneg90": "s", "signed90": "D"}.get(row.get("kind"), "x")
+            marker = {"default": "*", "one_cluster": "^", "magnitude": "s", "signed90": "D"}.get(
+                row.get("kind"), "x"
+            )
             ax.plot(
                 100 * row["sparsity"],
                 100 * _change(row["poisson"], base),

@@ -200,6 +200,8 @@ def test_save_model_report_info_and_prune(tmp_path, counts, config, capsys, monk
     assert main(["prune", str(model_dir), "--sparsity", "1"]) == 2
     assert main(["prune", str(model_dir), "--sparsity", "0.5", "--delta", "0.1"]) == 2
     assert main(["prune", str(model_dir), "--signed", "--delta", "0.1"]) == 2
+    assert main(["prune", str(model_dir), "--modules", "4", "--delta", "0.1"]) == 2
+    assert main(["prune", str(model_dir), "--modules", "-1"]) == 2
     capsys.readouterr()
     gradual = tmp_path / "gradual"
     short = {**sparsity_module.PRUNE_SCHEDULE, "min_steps": 4, "min_epochs": 2, "patience": 2}

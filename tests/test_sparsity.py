@@ -14,7 +14,9 @@ from zipo_scvi._defaults import PRUNE_DELTA, PRUNE_SCHEDULE
 from zipo_scvi._sparsity import (
     GradualPruning,
     SparseMaskedLinear,
+    cluster_mask,
     cubic_sparsity,
+    gene_clusters,
     gene_modules,
     importance_scores,
     magnitude_mask,
@@ -375,6 +377,60 @@ def test_gradual_prune_survives_save_load_and_training(model, tmp_path):
     new = loaded.module.encoder.first
     assert (new.weight[mask == 0] == 0).all()
     assert int((new.weight == 0).sum()) >= np.ceil(0.9 * new.weight.numel())
+
+
+def test_gene_clusters_follow_coexpression_and_leave_rare_genes_out():
+    rng = np.random.default_rng(0)
+    factors = rng.gamma(1.0, size=(400, 3))
+    counts = np.c_[rng.poisson(np.repeat(factors, 5, axis=1)), np.zeros((400, 2), int)]
+    counts[0, -1] = 1  # a gene seen in one cell: too rare to place
+    labels = gene_clusters(counts, 3, n_components=5)
+    assert (labels[-2:] == -1).all()
+    groups = labels[:15].reshape(3, 5)
+    assert all(len(set(row)) == 1 for row in groups)  # each factor's genes together ...
+    assert len({row[0] for row in groups}) == 3  # ... and apart from the others'
+    assert (gene_clusters(counts, 3, n_components=5) == labels).all()  # deterministic
+
+
+def test_cluster_mask_keeps_one_cluster_per_neuron():
+    layer = MaskedLinear(6, 3)
+    with torch.no_grad():
+        layer.weight.copy_(
+            torch.tensor(
+                [[5.0, 4.0, 0.1, 0.1, 0.0, 9.0], [0.0, 0.1, 1.0, 1.0, 0.0, 0.0], [1.0] * 6]
+            )
+        )
+    labels = np.array([0, 0, 1, 1, 2, -1])  # the last gene is in no cluster
+    keep = cluster_mask(layer, labels, torch.tensor([1.0, 1.0, 1.0, 1.0, 5.0, 1.0]))
+    expected = [[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 0]]
+    assert keep.tolist() == expected  # neuron 2: the input scale makes gene 4 weigh most
+
+
+@pytest.mark.parametrize("per_neuron", [1, 2])
+def test_prune_by_modules_keeps_each_neuron_within_its_clusters(model, monkeypatch, per_neuron):
+    import zipo_scvi._sparsity as sparsity_module
+
+    schedule = {**PRUNE_SCHEDULE, "min_module_genes": 5}
+    monkeypatch.setattr(sparsity_module, "PRUNE_SCHEDULE", schedule)
+    counts = model.adata.X[np.sort(model.train_indices)]
+    labels = gene_clusters(counts, 4, min_size=5)
+    assert len(set(labels) - {-1}) == 4
+    report = model.prune(
+        sparsity=0.5, modules=4, clusters_per_neuron=per_neuron, max_epochs=2, batch_size=64
+    )
+    weight = model.module.encoder.first.effective_weight().detach().numpy()
+    assert report["modules"] == 4 and report["clusters_per_neuron"] == per_neuron
+    assert report["fraction_pruned"] >= 0.5
+    for row in weight:
+        used = set(labels[row != 0])
+        assert len(used) <= per_neuron and -1 not in used
+    assert gene_clusters(counts, 4, min_size=50).max() == 0  # 60 genes: one cluster
+    with pytest.raises(ValueError, match="number of gene clusters"):
+        model.prune(modules=-1)
+    with pytest.raises(ValueError, match="number of gene clusters"):
+        model.prune(modules=True)
+    with pytest.raises(ValueError, match="clusters_per_neuron must be"):
+        model.prune(clusters_per_neuron=0)
 
 
 # ---------------------------------------------------------------------- modules

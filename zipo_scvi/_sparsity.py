@@ -420,6 +420,77 @@ def use_sparse_inference(module: torch.nn.Module, max_density: float = SPARSE_MA
     return layer
 
 
+# ---------------------------------------------------------------------- co-expression clusters
+def _gene_embedding(
+    counts, n_components: int, min_cells: int, max_cells: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors whose cosines approximate the genes' expression correlations.
+
+    A truncated SVD of the standardised cells x genes matrix of log-normalised expression
+    (``corr(g, h) ~ cos(s * v_g, s * v_h)``), for the genes detected in at least ``min_cells``
+    cells. Returns the detected genes' indices and their vectors (genes x components).
+    """
+    from sklearn.utils.extmath import randomized_svd
+
+    rng = np.random.default_rng(seed)
+    if max_cells is not None and counts.shape[0] > max_cells:
+        counts = counts[np.sort(rng.choice(counts.shape[0], max_cells, replace=False))]
+    x = log_normalise(counts).astype(np.float32)
+    detected = np.flatnonzero((x > 0).sum(axis=0) >= min_cells)
+    if detected.size < 2:
+        return detected, np.zeros((detected.size, 1))
+    z = x[:, detected]
+    z -= z.mean(axis=0)
+    z /= np.maximum(z.std(axis=0), 1e-12)
+    rank = max(1, min(int(n_components), min(z.shape) - 1))
+    _, s, vt = randomized_svd(z, rank, random_state=seed)
+    genes = (vt.T * s).astype(np.float64)
+    genes /= np.maximum(np.linalg.norm(genes, axis=1, keepdims=True), 1e-12)
+    return detected, genes
+
+
+def gene_clusters(
+    counts,
+    n_clusters: int,
+    min_size: int = 1,
+    n_components: int = 50,
+    min_cells: int = 3,
+    max_cells: int | None = 2000,
+    seed: int = 0,
+) -> np.ndarray:
+    """Partition the genes into co-expression clusters (k-means on correlation vectors).
+
+    The genes detected in at least ``min_cells`` cells are clustered by spherical k-means
+    (k-means of the unit vectors of :func:`_gene_embedding`, whose cosines approximate the
+    genes' correlations); the others get the label -1. Fewer clusters are made where needed
+    for them to hold ``min_size`` genes on average (at least one cluster).
+
+    Returns
+    -------
+    Integer label per gene, ``-1`` for genes left out.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> a, b = rng.gamma(2.0, size=(2, 300, 1))
+    >>> counts = rng.poisson(np.c_[np.repeat(a, 4, 1), np.repeat(b, 4, 1)])
+    >>> labels = gene_clusters(counts, 2, n_components=4)
+    >>> len(set(labels[:4])), len(set(labels[4:])), labels[0] != labels[4]
+    (1, 1, np.True_)
+    """
+    from sklearn.cluster import KMeans
+
+    labels = np.full(counts.shape[1], -1, dtype=int)
+    detected, genes = _gene_embedding(counts, n_components, min_cells, max_cells, seed)
+    n_clusters = min(int(n_clusters), detected.size // max(int(min_size), 1))
+    if detected.size == 0:
+        return labels
+    n_clusters = max(n_clusters, 1)
+    km = KMeans(n_clusters, n_init=3, random_state=seed).fit(genes)
+    labels[detected] = km.labels_
+    return labels
+
+
 # ---------------------------------------------------------------------- gradual pruning
 def cubic_sparsity(step: int, n_steps: int, target: float) -> float:
     """Zhu & Gupta's (2017) schedule: ``target * (1 - (1 - step / n_steps)^3)``, from 0 at step 0.
@@ -444,21 +515,63 @@ def set_mask(layer: MaskedLinear, keep: torch.Tensor) -> None:
 
 
 def magnitude_mask(
-    layer: MaskedLinear, sparsity: float, input_scale: torch.Tensor | None
+    layer: MaskedLinear,
+    sparsity: float,
+    input_scale: torch.Tensor | None,
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Keep the weights of largest ``|w| * scale`` so that ``sparsity`` of the layer is zero.
 
     The ranking is torch's :class:`~torch.nn.utils.prune.L1Unstructured` applied to the
     importance scores (``importance_scores=`` of ``torch.nn.utils.prune``); weights already
-    masked score zero, so the masks only ever grow.
+    masked score zero, so the masks only ever grow. Weights outside ``allowed`` (0/1, the
+    layer's shape) rank below all others, so they go first.
     """
     weight = layer.effective_weight().detach()
     scores = weight.abs()
     if input_scale is not None:
         scores = scores * input_scale.to(scores).unsqueeze(0)
+    if allowed is not None:
+        scores = scores * (allowed + (1 - allowed) * 1e-6)
     n_zero = min(math.ceil(sparsity * weight.numel() - 1e-9), weight.numel())
     current = torch.ones_like(weight) if layer.mask is None else layer.mask
     return torch_prune.L1Unstructured(amount=int(n_zero)).compute_mask(scores, current)
+
+
+def cluster_mask(
+    layer: MaskedLinear,
+    clusters: np.ndarray,
+    input_scale: torch.Tensor | None,
+    per_neuron: int = 1,
+) -> torch.Tensor:
+    """Keep, for each neuron, the genes of the cluster that carries most of its importance.
+
+    ``per_neuron``: keep the genes of that many clusters (those of most importance).
+
+    A neuron's importance in a cluster is the sum of ``|w| * scale`` over the cluster's genes
+    (:func:`importance_scores`); genes labelled -1 belong to no cluster and are dropped.
+
+    Examples
+    --------
+    >>> layer = MaskedLinear(4, 2)
+    >>> _ = layer.weight.data.copy_(torch.tensor([[1.0, 1.0, 0.1, 0.1], [0.0, 0.2, 3.0, 0.0]]))
+    >>> cluster_mask(layer, np.array([0, 0, 1, -1]), None).tolist()
+    [[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
+    """
+    weight = layer.effective_weight().detach()
+    scores = weight.abs()
+    if input_scale is not None:
+        scores = scores * input_scale.to(scores).unsqueeze(0)
+    labels = torch.as_tensor(np.asarray(clusters), device=weight.device, dtype=torch.long)
+    n_clusters = int(labels.max()) + 1
+    if n_clusters < 1:
+        return torch.ones_like(weight)
+    member = labels >= 0
+    mass = torch.zeros(weight.shape[0], n_clusters, dtype=scores.dtype, device=weight.device)
+    mass.index_add_(1, labels[member], scores[:, member])
+    chosen = torch.topk(mass, min(int(per_neuron), n_clusters), dim=1).indices
+    keep = (labels.unsqueeze(0).unsqueeze(-1) == chosen.unsqueeze(1)).any(-1)
+    return (keep & member.unsqueeze(0)).to(weight.dtype)
 
 
 class GradualPruning(Callback):
@@ -488,6 +601,13 @@ class GradualPruning(Callback):
     monitor
         Validation metric whose best value after pruning selects the weights kept (without
         validation the last weights are kept).
+    clusters
+        A co-expression cluster label per gene (:func:`gene_clusters`, -1: none): at the first
+        mask update each neuron is given the ``clusters_per_neuron`` clusters that carry most
+        of its importance (:func:`cluster_mask`); the schedule then prunes the weights outside
+        them first and ends with none left there. None: no clusters.
+    clusters_per_neuron
+        How many clusters each neuron keeps.
     """
 
     def __init__(
@@ -499,8 +619,12 @@ class GradualPruning(Callback):
         input_scale: torch.Tensor | None = None,
         nonnegative: bool = False,
         monitor: str = "validation_loss",
+        clusters: np.ndarray | None = None,
+        clusters_per_neuron: int = PRUNE_SCHEDULE["clusters_per_neuron"],
     ):
         self.layer, self.sparsity, self.input_scale = layer, float(sparsity), input_scale
+        self.clusters, self.allowed = clusters, None
+        self.clusters_per_neuron = int(clusters_per_neuron)
         self.nonnegative = bool(nonnegative)
         self.n_steps, self.monitor = max(int(n_steps), 1), monitor
         updates = np.linspace(0, self.n_steps, max(int(n_updates), 1) + 1)[1:]
@@ -522,9 +646,19 @@ class GradualPruning(Callback):
         step = trainer.global_step
         if self.done or step not in self.update_steps:
             return
-        target = cubic_sparsity(step + 1, self.n_steps, self.sparsity)
-        set_mask(self.layer, magnitude_mask(self.layer, target, self.input_scale))
+        final, allowed = self.sparsity, None
+        if self.clusters is not None:
+            if self.allowed is None:  # each neuron's cluster, chosen once
+                self.allowed = cluster_mask(
+                    self.layer, self.clusters, self.input_scale, self.clusters_per_neuron
+                )
+            allowed = self.allowed
+            final = max(final, 1.0 - float(allowed.mean()))
+        target = cubic_sparsity(step + 1, self.n_steps, final)
+        set_mask(self.layer, magnitude_mask(self.layer, target, self.input_scale, allowed))
         if step == self.update_steps[-1]:
+            if allowed is not None:
+                set_mask(self.layer, allowed)
             self.done = True
             for callback in trainer.callbacks:  # the dense model's best is no target now
                 if hasattr(callback, "wait_count") and hasattr(callback, "best_score"):
@@ -655,22 +789,30 @@ class SparsityMixin:
         batch_size: int | None = None,
         weigh_by_input: bool = True,
         nonnegative: bool | None = None,
+        modules: int | None = None,
+        clusters_per_neuron: int | None = None,
         **train_kwargs,
     ) -> dict[str, float]:
         """Prune the first layer; the zeros are pinned by a mask that training and saving keep.
 
         Default (``model.prune()``): gradual magnitude pruning with fine-tuning, to a share
-        ``sparsity`` of zeros (98%), with the kept weights held non-negative. Training
+        ``sparsity`` of zeros (at least 98%), with the kept weights held non-negative and each
+        neuron confined to co-expressed genes. First the genes are split into ``modules``
+        co-expression clusters (:func:`gene_clusters` on the training cells: spherical k-means
+        on the genes' correlations of log-normalised expression; genes seen in fewer than 3
+        cells belong to none) and each neuron is given the ``clusters_per_neuron`` clusters
+        that carry most of its ``|w_ig| * scale_g`` (:func:`cluster_mask`; ``scale_g``: the
+        standard deviation of gene ``g``'s encoder input, :meth:`input_scale`). Training then
         continues from the current weights; along Zhu and Gupta's cubic schedule the weights of
-        lowest ``|w_ig| * scale_g`` (``scale_g``: the standard deviation of gene ``g``'s encoder
-        input, :meth:`input_scale`) are zeroed (torch's ``L1Unstructured`` on these scores),
-        over at least 10 epochs and 100 optimiser steps, while every optimiser step is followed
-        by a projection of the layer onto ``w >= 0``; then the model is fine-tuned with the
-        mask fixed until the held-out loss has not improved for 10 epochs, and the best
-        epoch's weights are kept. Each first-layer neuron then adds up a few hundred genes
-        (its gene module) with positive weights; on the project's real sets this cost at most
-        0.2% of held-out-molecule loss (see the documentation's sparsity page). The training
-        and validation cells are the model's own (when it still knows them).
+        lowest ``|w_ig| * scale_g`` are zeroed, those outside the neuron's clusters first and
+        all of them by the end (torch's ``L1Unstructured`` on these scores), over at least 10
+        epochs and 100 optimiser steps, while every optimiser step is followed by a projection
+        of the layer onto ``w >= 0``; then the model is fine-tuned with the mask fixed until
+        the held-out loss has not improved for 10 epochs, and the best epoch's weights are
+        kept. Each first-layer neuron then adds up the genes of two co-expression clusters
+        (its gene module) with positive weights; see the documentation's sparsity page for
+        what this costs in held-out-molecule loss and how coherent the modules are. The
+        training and validation cells are the model's own (when it still knows them).
 
         ``model.prune(delta=1e-4)``: the paper's one-shot procedure (III-E): each neuron's
         weights are divided by its largest absolute weight and those below ``delta`` are
@@ -682,7 +824,8 @@ class SparsityMixin:
         Parameters
         ----------
         sparsity
-            Share of first-layer weights set to zero (default 0.98); earlier zeros count.
+            Share of first-layer weights set to zero at least (default 0.98; the clusters
+            usually leave more); earlier zeros count.
         delta
             Use the paper's threshold instead: normalised ``|w| < delta`` is zeroed.
         adata
@@ -697,6 +840,13 @@ class SparsityMixin:
             every optimiser step), so that each neuron adds up the genes it keeps (default
             True; False keeps signed weights). A later :meth:`train` keeps the mask, not the
             sign.
+        modules
+            Gradual pruning only: number of co-expression clusters of the genes (default 128;
+            fewer where they would hold under 50 genes on average, so a few hundred genes make
+            one cluster and plain magnitude pruning); 0: no clusters.
+        clusters_per_neuron
+            How many clusters each neuron keeps (default 2; 1 gives stricter modules at more
+            held-out loss).
         **train_kwargs
             Passed to :meth:`train` for the fine-tuning (e.g. ``max_epochs``,
             ``early_stopping_patience``, ``lr``).
@@ -708,8 +858,9 @@ class SparsityMixin:
         ``n_weights``, ``heldout_before``/``heldout_after``/``heldout_change`` (held-out-
         molecule NLL per cell, :meth:`heldout_loss`, and its relative change),
         ``nll_before``/``nll_after``/``nll_change`` (NLL of the cells' own counts),
-        ``mse_before``/``mse_after``/``mse_change`` (MSE of rates), and ``sparsity`` and
-        ``epochs`` (gradual) or ``delta`` (paper).
+        ``mse_before``/``mse_after``/``mse_change`` (MSE of rates), and ``sparsity``,
+        ``nonnegative``, ``modules`` (clusters made), ``clusters_per_neuron`` and ``epochs``
+        (gradual) or ``delta`` (paper).
 
         Examples
         --------
@@ -742,8 +893,24 @@ class SparsityMixin:
                 raise ValueError(f"sparsity must lie in [0, 1), not {sparsity!r}.")
             if nonnegative is None:
                 nonnegative = PRUNE_SCHEDULE["nonnegative"]
+            modules = PRUNE_SCHEDULE["modules"] if modules is None else modules
+            if isinstance(modules, bool) or int(modules) != modules or modules < 0:
+                raise ValueError(
+                    f"modules must be a number of gene clusters (0: none), not {modules!r}."
+                )
+            if clusters_per_neuron is None:
+                clusters_per_neuron = PRUNE_SCHEDULE["clusters_per_neuron"]
+            if int(clusters_per_neuron) != clusters_per_neuron or clusters_per_neuron < 1:
+                raise ValueError(
+                    f"clusters_per_neuron must be a positive integer, not {clusters_per_neuron!r}."
+                )
             info = self._prune_gradually(
-                sparsity, weigh_by_input, bool(nonnegative), batch_size, train_kwargs
+                sparsity,
+                weigh_by_input,
+                bool(nonnegative),
+                (int(modules), int(clusters_per_neuron)),
+                batch_size,
+                train_kwargs,
             )
         layer = use_sparse_inference(self.module)
         after = self._pruning_scores(data, indices, batch_size)
@@ -763,10 +930,19 @@ class SparsityMixin:
         sparsity: float,
         weigh_by_input: bool,
         nonnegative: bool,
+        modules: tuple[int, int],
         batch_size: int | None,
         train_kwargs: dict,
     ) -> dict[str, float | str]:
         layer = self.module.encoder.first
+        modules, per_neuron = modules
+        clusters = None
+        if modules > 0:
+            counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+            train = getattr(self, "train_indices", None)
+            if train is not None and len(train) > 0:
+                counts = counts[np.sort(np.asarray(train))]
+            clusters = gene_clusters(counts, modules, PRUNE_SCHEDULE["min_module_genes"])
         scale = self.input_scale(batch_size=batch_size) if weigh_by_input else None
         defaults = self._train_defaults
         batch = batch_size or defaults["batch_size"]
@@ -785,7 +961,13 @@ class SparsityMixin:
         n_steps = max(PRUNE_SCHEDULE["min_steps"], PRUNE_SCHEDULE["min_epochs"] * steps_per_epoch)
         prune_epochs = math.ceil(n_steps / steps_per_epoch)
         callback = GradualPruning(
-            layer, sparsity, n_steps, input_scale=scale, nonnegative=nonnegative
+            layer,
+            sparsity,
+            n_steps,
+            input_scale=scale,
+            nonnegative=nonnegative,
+            clusters=clusters,
+            clusters_per_neuron=per_neuron,
         )
         patience = PRUNE_SCHEDULE["patience"]
         kwargs.update(
@@ -803,6 +985,11 @@ class SparsityMixin:
         epochs_before = len(self.history["train_loss"]) if self.history else 0
         self.train(**kwargs)
         # the target even if training ended before the schedule did; zeros under the mask
+        if clusters is not None:  # each neuron within its cluster, even if training ended early
+            allowed = callback.allowed
+            if allowed is None:
+                allowed = cluster_mask(layer, clusters, scale, callback.clusters_per_neuron)
+            set_mask(layer, allowed)
         set_mask(layer, magnitude_mask(layer, sparsity, scale))
         if nonnegative:
             with torch.no_grad():
@@ -811,6 +998,8 @@ class SparsityMixin:
             "method": "magnitude",
             "sparsity": sparsity,
             "nonnegative": nonnegative,
+            "modules": 0 if clusters is None else int(clusters.max()) + 1,
+            "clusters_per_neuron": per_neuron,
             "epochs": len(self.history["train_loss"]) - epochs_before,
         }
 

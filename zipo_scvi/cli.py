@@ -673,6 +673,12 @@ def _prune(args: argparse.Namespace) -> int:
         raise UserError("give --sparsity (gradual pruning) or --delta (the paper's), not both")
     if args.delta is not None and args.signed:
         raise UserError("--signed applies to gradual pruning; --delta keeps the weights' signs")
+    if args.delta is not None and args.modules is not None:
+        raise UserError("--modules applies to gradual pruning, not to --delta")
+    if args.modules is not None and args.modules < 0:
+        raise UserError(
+            f"--modules must be a number of gene clusters (0: none), not {args.modules}"
+        )
     source = Path(args.model_dir)
     out = Path(args.output) if args.output else source.with_name(source.name + "_pruned")
     adata = None
@@ -694,8 +700,10 @@ def _prune(args: argparse.Namespace) -> int:
         _check_outputs(args, {}, {"--output": out})
     elif not args.force:
         raise UserError(f"{str(out)!r} is the input model; pass --force to replace it")
-    signed = {"nonnegative": False} if args.signed else {}
-    result = model.prune(sparsity=args.sparsity, delta=args.delta, **signed)
+    options = {"nonnegative": False} if args.signed else {}
+    if args.modules is not None:
+        options["modules"] = args.modules
+    result = model.prune(sparsity=args.sparsity, delta=args.delta, **options)
     _save_model(model, out)
     how = (
         f"at delta {result['delta']:g}"
@@ -903,6 +911,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="gradual pruning: keep signed weights (default: the kept weights are held >= 0, "
         "so each neuron adds up its genes)",
+    )
+    p.add_argument(
+        "--modules",
+        type=int,
+        metavar="N",
+        help="gradual pruning: number of co-expression clusters of genes, each neuron keeping "
+        f"the genes of one (default {PRUNE_SCHEDULE['modules']}; 0: no clusters, plain "
+        "magnitude pruning)",
     )
     p.add_argument(
         "--data",
