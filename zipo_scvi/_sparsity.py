@@ -1,11 +1,14 @@
 """The sparse first layer: pruning, sparsity curves, gene modules and their coherence.
 
 Two ways to prune the first encoder layer. ``model.prune()`` (the default) is gradual magnitude
-pruning (Zhu & Gupta 2017) to a target share of zeros, with fine-tuning: a weight ``w_ig`` is
-scored by ``|w_ig|`` times the standard deviation of gene ``g``'s encoder input over cells (so a
-rare gene, whose input is rarely non-zero, needs a larger weight to matter), the lowest scores
-are zeroed along a cubic schedule while training continues, then the model is fine-tuned with
-the mask fixed until the held-out-molecule loss stops improving. ``model.prune(delta=...)`` is
+pruning (Zhu & Gupta 2017) to a target share of zeros, with fine-tuning, within co-expression
+modules: the genes are split into clusters by their correlations (:func:`gene_clusters`) and
+each neuron keeps the genes of the clusters that carry most of its weight (:func:`cluster_mask`);
+a weight ``w_ig`` is scored by ``|w_ig|`` times the standard deviation of gene ``g``'s encoder
+input over cells (so a rare gene, whose input is rarely non-zero, needs a larger weight to
+matter), the lowest scores, those outside the neuron's clusters first, are zeroed along a cubic
+schedule while training continues, then the model is fine-tuned with the mask fixed until the
+held-out-molecule loss stops improving. ``model.prune(delta=...)`` is
 the paper's one-shot threshold (III-E): weights below ``delta`` of their neuron's largest are
 zeroed. Either way the zeros are pinned by the layer's mask (:class:`MaskedLinear`), which every
 later forward pass applies and ``save``/``load`` keeps.
