@@ -982,6 +982,9 @@ class SparsityMixin:
             early_stopping_warmup_epochs=prune_epochs,
             batch_size=batch,
             restore_best=False,  # GradualPruning keeps the best epoch after the schedule
+            # no weight averaging: an average of the weights before and after each pruning
+            # step would put back the weights the mask removed
+            ema_decay=0.0,
         )
         kwargs.update(train_kwargs)
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), callback]

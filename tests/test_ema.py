@@ -1,0 +1,93 @@
+"""Weight averaging (``ema_decay``): validation and the trained model use an exponential moving
+average of the weights over the optimiser steps; the optimiser keeps training the raw weights."""
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from zipo_scvi import ZIPO
+from zipo_scvi._defaults import preset
+
+from .conftest import TINY
+
+
+def _floats(module) -> list[torch.Tensor]:
+    return [v.detach().clone() for v in module.state_dict().values() if v.is_floating_point()]
+
+
+class _Record(Callback):
+    """The weights training starts with, the raw weights after every optimiser step (callbacks
+    run before the plan's hook, which folds them into the average) and the weights that each
+    validation scores."""
+
+    def __init__(self):
+        self.start, self.steps, self.validated = None, [], []
+
+    def on_train_start(self, trainer, pl_module):
+        self.start = _floats(pl_module.module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps.append(_floats(pl_module.module))
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.validated.append((len(self.steps), _floats(pl_module.module)))
+
+
+def _train(adata, ema_decay):
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, seed=0, **TINY)
+    record = _Record()
+    model.train(
+        max_epochs=3,
+        seed=0,
+        batch_size=64,
+        restore_best=False,
+        ema_decay=ema_decay,
+        enable_progress_bar=False,
+        callbacks=[record],
+    )
+    return model, record
+
+
+def _average(start, steps, decay: float) -> list[torch.Tensor]:
+    """The EMA of the recorded weights, started at the initial ones, in float64."""
+    average = [t.double() for t in start]
+    for step in steps:
+        average = [decay * m + (1 - decay) * w.double() for m, w in zip(average, step)]
+    return average
+
+
+def test_validation_and_the_result_use_the_average_of_unchanged_raw_steps(adata):
+    decay = 0.8
+    _, plain = _train(adata.copy(), 0.0)
+    model, averaged = _train(adata, decay)
+    # averaging changes what is evaluated, not what the optimiser does
+    assert len(averaged.steps) == len(plain.steps) > 3
+    for a, b in zip(averaged.steps, plain.steps, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    # each validation scores the average of the steps so far
+    assert len(averaged.validated) == 3
+    for n_steps, state in averaged.validated:
+        expected = _average(averaged.start, averaged.steps[:n_steps], decay)
+        for got, want in zip(state, expected, strict=True):
+            torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+        # ... which is not the raw weights of that step
+        assert any(not torch.equal(x, y) for x, y in zip(state, averaged.steps[n_steps - 1]))
+    # and the model ends training with the average of all steps
+    final = _floats(model.module)
+    for got, want in zip(final, _average(averaged.start, averaged.steps, decay), strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1])
+def test_ema_decay_out_of_range_is_refused(adata, bad):
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, **TINY)
+    with pytest.raises(ValueError, match="ema_decay"):
+        model.train(max_epochs=1, enable_progress_bar=False, ema_decay=bad)
+
+
+def test_presets_do_not_average():
+    assert preset("paper")[1]["ema_decay"] == 0.0
+    assert preset("default")[1]["ema_decay"] == 0.0
