@@ -517,6 +517,19 @@ def set_mask(layer: MaskedLinear, keep: torch.Tensor) -> None:
         layer.mask = mask
 
 
+def _layer_scores(
+    layer: MaskedLinear, input_scale: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's masked weights and their importance ``|w| * scale`` (``|w|`` without scale),
+    as torch tensors on the layer's device (:func:`importance_scores` for arrays).
+    """
+    weight = layer.effective_weight().detach()
+    scores = weight.abs()
+    if input_scale is not None:
+        scores = scores * input_scale.to(scores).unsqueeze(0)
+    return weight, scores
+
+
 def magnitude_mask(
     layer: MaskedLinear,
     sparsity: float,
@@ -530,10 +543,7 @@ def magnitude_mask(
     masked score zero, so the masks only ever grow. Weights outside ``allowed`` (0/1, the
     layer's shape) rank below all others, so they go first.
     """
-    weight = layer.effective_weight().detach()
-    scores = weight.abs()
-    if input_scale is not None:
-        scores = scores * input_scale.to(scores).unsqueeze(0)
+    weight, scores = _layer_scores(layer, input_scale)
     if allowed is not None:
         scores = scores * (allowed + (1 - allowed) * 1e-6)
     n_zero = min(math.ceil(sparsity * weight.numel() - 1e-9), weight.numel())
@@ -561,10 +571,7 @@ def cluster_mask(
     >>> cluster_mask(layer, np.array([0, 0, 1, -1]), None).tolist()
     [[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
     """
-    weight = layer.effective_weight().detach()
-    scores = weight.abs()
-    if input_scale is not None:
-        scores = scores * input_scale.to(scores).unsqueeze(0)
+    weight, scores = _layer_scores(layer, input_scale)
     labels = torch.as_tensor(np.asarray(clusters), device=weight.device, dtype=torch.long)
     n_clusters = int(labels.max()) + 1
     if n_clusters < 1:
@@ -911,7 +918,8 @@ class SparsityMixin:
                 sparsity,
                 weigh_by_input,
                 bool(nonnegative),
-                (int(modules), int(clusters_per_neuron)),
+                int(modules),
+                int(clusters_per_neuron),
                 batch_size,
                 train_kwargs,
             )
@@ -933,12 +941,12 @@ class SparsityMixin:
         sparsity: float,
         weigh_by_input: bool,
         nonnegative: bool,
-        modules: tuple[int, int],
+        modules: int,
+        per_neuron: int,
         batch_size: int | None,
         train_kwargs: dict,
     ) -> dict[str, float | str]:
         layer = self.module.encoder.first
-        modules, per_neuron = modules
         clusters = None
         if modules > 0:
             counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
@@ -994,7 +1002,7 @@ class SparsityMixin:
         if clusters is not None:  # each neuron within its cluster, even if training ended early
             allowed = callback.allowed
             if allowed is None:
-                allowed = cluster_mask(layer, clusters, scale, callback.clusters_per_neuron)
+                allowed = cluster_mask(layer, clusters, scale, per_neuron)
             set_mask(layer, allowed)
         set_mask(layer, magnitude_mask(layer, sparsity, scale))
         if nonnegative:

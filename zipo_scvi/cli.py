@@ -917,8 +917,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="gradual pruning: number of co-expression clusters of genes, each neuron keeping "
-        f"the genes of one (default {PRUNE_SCHEDULE['modules']}; 0: no clusters, plain "
-        "magnitude pruning)",
+        f"the genes of the {PRUNE_SCHEDULE['clusters_per_neuron']} that carry most of its weight "
+        f"(default {PRUNE_SCHEDULE['modules']}; 0: no clusters, plain magnitude pruning)",
     )
     p.add_argument(
         "--data",
