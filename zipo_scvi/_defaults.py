@@ -89,9 +89,14 @@ DEFAULT_MODULE_CHANGES: MappingProxyType = MappingProxyType(
         # several samples: the batch to the encoder too, and an MMD penalty between the
         # batches' latents, so that the latents keep no batch and transform_batch removes it
         # (benchmarks/integration.py, docs/samples.md: without the batch in the encoder
-        # transform_batch left more of the distortion; the adversarial classifier mixed less)
+        # transform_batch left more of the distortion; the adversarial classifier mixed less).
+        # The weight: MMD matches whole distributions, so where samples differ in cell-type
+        # composition a strong penalty pulls unlike cells together. 3 seeds, weight 100 -> 10:
+        # two real 10x studies k-means ARI 0.27 -> 0.68 (scVI 0.67), pbmc3k split 0.60 -> 0.71
+        # and held-out Poisson vs no batch handling +3.8% -> -1.7%; the samples stay mixed
+        # (same-sample share 0.49-0.50 on the random splits; scVI 0.52-0.60)
         "encode_covariates": True,
-        "batch_mmd": 100.0,
+        "batch_mmd": 10.0,
     }
 )
 DEFAULT_TRAIN_CHANGES: MappingProxyType = MappingProxyType(
