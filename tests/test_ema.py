@@ -7,6 +7,7 @@ from lightning.pytorch.callbacks import Callback
 
 from zipo_scvi import ZIPO
 from zipo_scvi._defaults import preset
+from zipo_scvi._training import ZiPoTrainingPlan
 
 from .conftest import TINY
 
@@ -34,7 +35,7 @@ class _Record(Callback):
             self.validated.append((len(self.steps), _floats(pl_module.module)))
 
 
-def _train(adata, ema_decay):
+def _train(adata, ema_decay, ema_epochs=0.0):
     ZIPO.setup_anndata(adata)
     model = ZIPO(adata, seed=0, **TINY)
     record = _Record()
@@ -44,10 +45,22 @@ def _train(adata, ema_decay):
         batch_size=64,
         restore_best=False,
         ema_decay=ema_decay,
+        ema_epochs=ema_epochs,
         enable_progress_bar=False,
         callbacks=[record],
     )
     return model, record
+
+
+def _assert_averaged(model, record, decay: float) -> None:
+    """Each validation scored, and the model ends with, the average of the steps so far."""
+    for n_steps, state in record.validated:
+        expected = _average(record.start, record.steps[:n_steps], decay)
+        for got, want in zip(state, expected, strict=True):
+            torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+    final = _floats(model.module)
+    for got, want in zip(final, _average(record.start, record.steps, decay), strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
 
 
 def _average(start, steps, decay: float) -> list[torch.Tensor]:
@@ -88,6 +101,47 @@ def test_ema_decay_out_of_range_is_refused(adata, bad):
         model.train(max_epochs=1, enable_progress_bar=False, ema_decay=bad)
 
 
+def test_ema_epochs_gives_a_horizon_in_epochs(adata):
+    # 160 cells, 144 of them training cells in minibatches of 64: 3 steps per epoch, so a
+    # horizon of 2 epochs is a decay of 1 - 1/6 per step
+    model, record = _train(adata, 0.0, ema_epochs=2.0)
+    steps_per_epoch = len(record.steps) // 3
+    assert steps_per_epoch == 3 and len(record.validated) == 3
+    _assert_averaged(model, record, 1 - 1 / 6)
+    # ... which is not the decay of another horizon
+    with pytest.raises(AssertionError):
+        _assert_averaged(model, record, 1 - 1 / 9)
+
+
+def test_ema_decay_takes_precedence_over_ema_epochs(adata):
+    model, record = _train(adata, 0.5, ema_epochs=2.0)
+    _assert_averaged(model, record, 0.5)
+
+
+def test_a_horizon_under_one_step_does_not_average(adata):
+    _, plain = _train(adata.copy(), 0.0)
+    model, record = _train(adata, 0.0, ema_epochs=0.1)  # 0.3 steps
+    for (_, a), (_, b) in zip(record.validated, plain.validated, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(_floats(model.module), record.steps[-1]))
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("inf"), float("nan")])
+def test_ema_epochs_out_of_range_is_refused(adata, bad):
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, **TINY)
+    with pytest.raises(ValueError, match="ema_epochs"):
+        model.train(max_epochs=1, enable_progress_bar=False, ema_epochs=bad)
+
+
+def test_the_plan_refuses_a_bad_ema_epochs(adata):
+    ZIPO.setup_anndata(adata)
+    module = ZIPO(adata, **TINY).module
+    with pytest.raises(ValueError, match="ema_epochs"):
+        ZiPoTrainingPlan(module, ema_epochs=-2)
+
+
 def test_presets_do_not_average():
     assert preset("paper")[1]["ema_decay"] == 0.0
     assert preset("default")[1]["ema_decay"] == 0.0
+    assert preset("paper")[1]["ema_epochs"] == 0.0

@@ -111,6 +111,13 @@ class ZiPoTrainingPlan(TrainingPlan):
         ``0`` for short trainings). Validation scores the averaged weights, so early stopping,
         the plateau schedule and :class:`RestoreBest` watch them, and the module ends training
         with them; the optimiser trains the raw weights. ``0``: no averaging.
+    ema_epochs
+        Above 0, with ``ema_decay=0``: the same average with its horizon given in epochs instead
+        of steps, ``ema_decay = 1 - 1 / (ema_epochs * steps_per_epoch)`` (``steps_per_epoch``:
+        the training minibatches of an epoch, known when training starts), so that the average
+        spans about the last ``ema_epochs`` epochs on any number of cells: ``20`` is ``0.995``
+        with 10 steps per epoch (2,700 cells in minibatches of 256) and ``0.975`` with 2 (559
+        cells). A horizon of one step or less is no averaging. ``ema_decay > 0`` takes precedence.
     **kwargs
         Passed to :class:`~scvi.train.TrainingPlan`.
     """
@@ -131,6 +138,7 @@ class ZiPoTrainingPlan(TrainingPlan):
         molecule_split: float = MOLECULE_SPLIT,
         train_split: float = PAPER_TRAIN["train_split"],
         ema_decay: float = PAPER_TRAIN["ema_decay"],
+        ema_epochs: float = PAPER_TRAIN["ema_epochs"],
         **kwargs,
     ):
         if validation not in VALIDATION_MODES:
@@ -155,7 +163,11 @@ class ZiPoTrainingPlan(TrainingPlan):
         self._epoch_cells = 0
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be a number in [0, 1), not {ema_decay!r}.")
+        finite = isinstance(ema_epochs, int | float) and math.isfinite(ema_epochs)
+        if not (finite and ema_epochs >= 0):
+            raise ValueError(f"ema_epochs must be a finite number >= 0, not {ema_epochs!r}.")
         self.ema_decay = float(ema_decay)
+        self.ema_epochs = float(ema_epochs)
         self._ema_update = get_ema_multi_avg_fn(self.ema_decay)
         self._ema: list[torch.Tensor] | None = None  # the averaged floating-point state
         self._raw: list[torch.Tensor] | None = None  # the raw weights while the average is in
@@ -166,11 +178,30 @@ class ZiPoTrainingPlan(TrainingPlan):
         state = self.module.state_dict(keep_vars=True)
         return [v.data for v in state.values() if v.is_floating_point()]
 
+    def averaging_decay(self, steps_per_epoch: int | float) -> float:
+        """The average's decay per optimiser step: ``ema_decay``, or where that is 0 the one of
+        a horizon of ``ema_epochs`` epochs of ``steps_per_epoch`` steps (0: no averaging).
+
+        Examples
+        --------
+        >>> plan = ZiPoTrainingPlan.__new__(ZiPoTrainingPlan)
+        >>> plan.ema_decay, plan.ema_epochs = 0.0, 20.0
+        >>> plan.averaging_decay(10), plan.averaging_decay(2), plan.averaging_decay(0.04)
+        (0.995, 0.975, 0.0)
+        """
+        if self.ema_decay > 0 or self.ema_epochs <= 0:
+            return self.ema_decay
+        return max(0.0, 1.0 - 1.0 / (self.ema_epochs * steps_per_epoch))
+
     def on_train_start(self):
-        """Start the average at the weights training begins with (``ema_decay > 0``)."""
-        if self.ema_decay > 0:
+        """Start the average at the weights training begins with (``ema_decay > 0`` or
+        ``ema_epochs > 0``).
+        """
+        decay = self.averaging_decay(self.trainer.num_training_batches)
+        self._ema_update = get_ema_multi_avg_fn(decay)
+        self._ema = self._raw = None
+        if decay > 0:
             self._ema = [t.detach().clone() for t in self._float_state()]
-            self._raw = None
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         """Fold the weights after this optimiser step into the average."""
