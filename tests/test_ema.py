@@ -1,13 +1,14 @@
 """Weight averaging (``ema_decay``): validation and the trained model use an exponential moving
 average of the weights over the optimiser steps; the optimiser keeps training the raw weights."""
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from zipo_scvi import ZIPO
 from zipo_scvi._defaults import preset
-from zipo_scvi._training import ZiPoTrainingPlan
+from zipo_scvi._training import RestoreBest, ZiPoTrainingPlan
 
 from .conftest import TINY
 
@@ -145,3 +146,63 @@ def test_presets_do_not_average():
     assert preset("paper")[1]["ema_decay"] == 0.0
     assert preset("default")[1]["ema_decay"] == 0.0
     assert preset("paper")[1]["ema_epochs"] == 0.0
+    assert preset("paper")[1]["ema_monitor"] == "average"
+
+
+def _train_restoring(adata, **kwargs):
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, seed=0, **TINY)
+    record = _Record()
+    model.train(
+        max_epochs=4,
+        seed=0,
+        batch_size=64,
+        restore_best=True,
+        enable_progress_bar=False,
+        callbacks=[record],
+        **kwargs,
+    )
+    return model, record
+
+
+def _series(model, name):
+    return model.history[name].iloc[:, 0].astype(float).to_numpy()
+
+
+def test_ema_monitor_raw_trains_as_without_averaging_and_keeps_the_best_average(adata):
+    plain, plain_record = _train_restoring(adata.copy(), ema_decay=0.0)
+    model, record = _train_restoring(adata, ema_decay=0.8, ema_monitor="raw")
+    # the raw weights are scored as without averaging: same run, same validation_loss ...
+    for a, b in zip(record.steps, plain_record.steps, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    raw = _series(model, "validation_loss")
+    np.testing.assert_allclose(raw, _series(plain, "validation_loss"), rtol=1e-6)
+    # ... the average's own loss is logged beside it ...
+    averaged = _series(model, "validation_loss_average")
+    assert len(averaged) == len(raw) == 4
+    assert not np.allclose(averaged, raw)
+    # ... and picks the epoch whose averaged weights the model keeps
+    (restorer,) = [c for c in model.trainer.callbacks if isinstance(c, RestoreBest)]
+    assert restorer.monitor == "validation_loss_average"
+    best = int(averaged.argmin())
+    assert restorer.best_epoch == best + 1
+    n_steps, state = record.validated[best]
+    expected = _average(record.start, record.steps[:n_steps], 0.8)
+    for got, kept, want in zip(_floats(model.module), state, expected, strict=True):
+        assert torch.equal(got, kept)
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_ema_monitor_average_watches_the_average(adata):
+    model, record = _train_restoring(adata, ema_decay=0.8)
+    assert "validation_loss_average" not in model.history
+    best = int(_series(model, "validation_loss").argmin())
+    for got, kept in zip(_floats(model.module), record.validated[best][1], strict=True):
+        assert torch.equal(got, kept)
+
+
+def test_unknown_ema_monitor_is_refused(adata):
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, **TINY)
+    with pytest.raises(ValueError, match="ema_monitor"):
+        model.train(max_epochs=1, enable_progress_bar=False, ema_monitor="both")
