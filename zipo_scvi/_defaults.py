@@ -69,9 +69,9 @@ PAPER_TRAIN: MappingProxyType = MappingProxyType(
         # 559 cells the extra passes fit the training cells' own molecules, which the
         # validation cells cannot show (their loss fell until epoch 293, the training cells'
         # held-out loss rose from epoch ~200; without averaging too, seed 2, in a rerun scoring
-        # them every 3 epochs: lowest at epoch 183,
-        # 0.09817, while the validation loss fell 3.7% more until epoch 368, where the training
-        # cells' held-out loss was 0.09883). With ema_monitor="raw" (training runs as without
+        # them every 3 epochs: lowest at epoch 183, 0.09817, while the validation loss fell
+        # 3.7% more until epoch 368, where the training cells' held-out loss was 0.09883).
+        # With ema_monitor="raw" (training runs as without
         # averaging; the average's own validation loss picks the epoch kept) ema_epochs=20
         # gained or held at every point, 3 seeds where marked: pbmc3k 2,000 HVGs +0.41% ->
         # -0.06% (3), 500 HVGs -0.43% -> -0.46% (3), quarter depth -0.44% -> -0.74%, simulator
