@@ -1,12 +1,14 @@
 """Weight averaging (``ema_decay``): validation and the trained model use an exponential moving
 average of the weights over the optimiser steps; the optimiser keeps training the raw weights."""
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from zipo_scvi import ZIPO
 from zipo_scvi._defaults import preset
+from zipo_scvi._training import RestoreBest, ZiPoTrainingPlan
 
 from .conftest import TINY
 
@@ -34,7 +36,7 @@ class _Record(Callback):
             self.validated.append((len(self.steps), _floats(pl_module.module)))
 
 
-def _train(adata, ema_decay):
+def _train(adata, ema_decay, ema_epochs=0.0):
     ZIPO.setup_anndata(adata)
     model = ZIPO(adata, seed=0, **TINY)
     record = _Record()
@@ -44,10 +46,22 @@ def _train(adata, ema_decay):
         batch_size=64,
         restore_best=False,
         ema_decay=ema_decay,
+        ema_epochs=ema_epochs,
         enable_progress_bar=False,
         callbacks=[record],
     )
     return model, record
+
+
+def _assert_averaged(model, record, decay: float) -> None:
+    """Each validation scored, and the model ends with, the average of the steps so far."""
+    for n_steps, state in record.validated:
+        expected = _average(record.start, record.steps[:n_steps], decay)
+        for got, want in zip(state, expected, strict=True):
+            torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+    final = _floats(model.module)
+    for got, want in zip(final, _average(record.start, record.steps, decay), strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
 
 
 def _average(start, steps, decay: float) -> list[torch.Tensor]:
@@ -88,6 +102,107 @@ def test_ema_decay_out_of_range_is_refused(adata, bad):
         model.train(max_epochs=1, enable_progress_bar=False, ema_decay=bad)
 
 
+def test_ema_epochs_gives_a_horizon_in_epochs(adata):
+    # 160 cells, 144 of them training cells in minibatches of 64: 3 steps per epoch, so a
+    # horizon of 2 epochs is a decay of 1 - 1/6 per step
+    model, record = _train(adata, 0.0, ema_epochs=2.0)
+    steps_per_epoch = len(record.steps) // 3
+    assert steps_per_epoch == 3 and len(record.validated) == 3
+    _assert_averaged(model, record, 1 - 1 / 6)
+    # ... which is not the decay of another horizon
+    with pytest.raises(AssertionError):
+        _assert_averaged(model, record, 1 - 1 / 9)
+
+
+def test_ema_decay_takes_precedence_over_ema_epochs(adata):
+    model, record = _train(adata, 0.5, ema_epochs=2.0)
+    _assert_averaged(model, record, 0.5)
+
+
+def test_a_horizon_under_one_step_does_not_average(adata):
+    _, plain = _train(adata.copy(), 0.0)
+    model, record = _train(adata, 0.0, ema_epochs=0.1)  # 0.3 steps
+    for (_, a), (_, b) in zip(record.validated, plain.validated, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(_floats(model.module), record.steps[-1]))
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("inf"), float("nan")])
+def test_ema_epochs_out_of_range_is_refused(adata, bad):
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, **TINY)
+    with pytest.raises(ValueError, match="ema_epochs"):
+        model.train(max_epochs=1, enable_progress_bar=False, ema_epochs=bad)
+
+
+def test_the_plan_refuses_a_bad_ema_epochs(adata):
+    ZIPO.setup_anndata(adata)
+    module = ZIPO(adata, **TINY).module
+    with pytest.raises(ValueError, match="ema_epochs"):
+        ZiPoTrainingPlan(module, ema_epochs=-2)
+
+
 def test_presets_do_not_average():
     assert preset("paper")[1]["ema_decay"] == 0.0
     assert preset("default")[1]["ema_decay"] == 0.0
+    assert preset("paper")[1]["ema_epochs"] == 0.0
+    assert preset("paper")[1]["ema_monitor"] == "average"
+
+
+def _train_restoring(adata, **kwargs):
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, seed=0, **TINY)
+    record = _Record()
+    model.train(
+        max_epochs=4,
+        seed=0,
+        batch_size=64,
+        restore_best=True,
+        enable_progress_bar=False,
+        callbacks=[record],
+        **kwargs,
+    )
+    return model, record
+
+
+def _series(model, name):
+    return model.history[name].iloc[:, 0].astype(float).to_numpy()
+
+
+def test_ema_monitor_raw_trains_as_without_averaging_and_keeps_the_best_average(adata):
+    plain, plain_record = _train_restoring(adata.copy(), ema_decay=0.0)
+    model, record = _train_restoring(adata, ema_decay=0.8, ema_monitor="raw")
+    # the raw weights are scored as without averaging: same run, same validation_loss ...
+    for a, b in zip(record.steps, plain_record.steps, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    raw = _series(model, "validation_loss")
+    np.testing.assert_allclose(raw, _series(plain, "validation_loss"), rtol=1e-6)
+    # ... the average's own loss is logged beside it ...
+    averaged = _series(model, "validation_loss_average")
+    assert len(averaged) == len(raw) == 4
+    assert not np.allclose(averaged, raw)
+    # ... and picks the epoch whose averaged weights the model keeps
+    (restorer,) = [c for c in model.trainer.callbacks if isinstance(c, RestoreBest)]
+    assert restorer.monitor == "validation_loss_average"
+    best = int(averaged.argmin())
+    assert restorer.best_epoch == best + 1
+    n_steps, state = record.validated[best]
+    expected = _average(record.start, record.steps[:n_steps], 0.8)
+    for got, kept, want in zip(_floats(model.module), state, expected, strict=True):
+        assert torch.equal(got, kept)
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_ema_monitor_average_watches_the_average(adata):
+    model, record = _train_restoring(adata, ema_decay=0.8)
+    assert "validation_loss_average" not in model.history
+    best = int(_series(model, "validation_loss").argmin())
+    for got, kept in zip(_floats(model.module), record.validated[best][1], strict=True):
+        assert torch.equal(got, kept)
+
+
+def test_unknown_ema_monitor_is_refused(adata):
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, **TINY)
+    with pytest.raises(ValueError, match="ema_monitor"):
+        model.train(max_epochs=1, enable_progress_bar=False, ema_monitor="both")

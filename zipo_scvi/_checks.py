@@ -55,6 +55,7 @@ SETTING_RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "weight_decay": ("a number >= 0", lambda v: _number(v) and v >= 0),
     "train_split": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
     "ema_decay": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
+    "ema_epochs": ("a number >= 0", lambda v: _number(v) and v >= 0),
     "early_stopping_patience": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
     "encoder_sizes": (
         "a non-empty list of positive integers (the last is the number of latents)",

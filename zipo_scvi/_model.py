@@ -516,7 +516,9 @@ alpha_w, alpha_theta, alpha_library
         restore_best = defaults["restore_best"] if restore_best is None else restore_best
         if restore_best and early_stopping and has_validation:
             callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
-            trainer_kwargs["callbacks"] = [*callbacks, RestoreBest(monitor)]
+            # with ema_monitor="raw" the averaged weights' own loss picks the epoch to keep
+            watched = "validation_loss_average" if plan["ema_monitor"] == "raw" else monitor
+            trainer_kwargs["callbacks"] = [*callbacks, RestoreBest(watched)]
         _add_training_messages(
             trainer_kwargs, plan, monitor, early_stopping, has_validation, max_epochs
         )

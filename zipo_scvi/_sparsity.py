@@ -993,6 +993,7 @@ class SparsityMixin:
             # no weight averaging: an average of the weights before and after each pruning
             # step would put back the weights the mask removed
             ema_decay=0.0,
+            ema_epochs=0.0,
         )
         kwargs.update(train_kwargs)
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), callback]

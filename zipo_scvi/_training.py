@@ -25,6 +25,7 @@ from ._defaults import MOLECULE_SPLIT, PAPER_TRAIN
 from ._metrics import thin_counts
 
 VALIDATION_MODES = ("cells", "molecules")
+EMA_MONITORS = ("average", "raw")
 
 
 def training_split(n_obs: int, train_size: float, batch_size: int) -> tuple[int, int]:
@@ -111,6 +112,20 @@ class ZiPoTrainingPlan(TrainingPlan):
         ``0`` for short trainings). Validation scores the averaged weights, so early stopping,
         the plateau schedule and :class:`RestoreBest` watch them, and the module ends training
         with them; the optimiser trains the raw weights. ``0``: no averaging.
+    ema_epochs
+        Above 0, with ``ema_decay=0``: the same average with its horizon given in epochs instead
+        of steps, ``ema_decay = 1 - 1 / (ema_epochs * steps_per_epoch)`` (``steps_per_epoch``:
+        the training minibatches of an epoch, known when training starts), so that the average
+        spans about the last ``ema_epochs`` epochs on any number of cells: ``20`` is ``0.995``
+        with 10 steps per epoch (2,700 cells in minibatches of 256) and ``0.975`` with 2 (559
+        cells). A horizon of one step or less is no averaging. ``ema_decay > 0`` takes precedence.
+    ema_monitor
+        With averaging: whose validation loss early stopping and the plateau schedule watch.
+        ``"average"``: the averaged weights' (``validation_loss``). ``"raw"``: the raw weights'
+        (``validation_loss``), so that training runs as it would without averaging (same
+        steps, schedule and length), and the averaged weights' loss is logged as
+        ``validation_loss_average``, which :class:`RestoreBest` then watches: averaging picks
+        the weights returned, not how long training runs.
     **kwargs
         Passed to :class:`~scvi.train.TrainingPlan`.
     """
@@ -131,6 +146,8 @@ class ZiPoTrainingPlan(TrainingPlan):
         molecule_split: float = MOLECULE_SPLIT,
         train_split: float = PAPER_TRAIN["train_split"],
         ema_decay: float = PAPER_TRAIN["ema_decay"],
+        ema_epochs: float = PAPER_TRAIN["ema_epochs"],
+        ema_monitor: str = PAPER_TRAIN["ema_monitor"],
         **kwargs,
     ):
         if validation not in VALIDATION_MODES:
@@ -155,7 +172,16 @@ class ZiPoTrainingPlan(TrainingPlan):
         self._epoch_cells = 0
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be a number in [0, 1), not {ema_decay!r}.")
+        finite = isinstance(ema_epochs, int | float) and math.isfinite(ema_epochs)
+        if not (finite and ema_epochs >= 0):
+            raise ValueError(f"ema_epochs must be a finite number >= 0, not {ema_epochs!r}.")
+        if ema_monitor not in EMA_MONITORS:
+            raise ValueError(
+                f"Unknown ema_monitor {ema_monitor!r}; choose one of {list(EMA_MONITORS)}."
+            )
         self.ema_decay = float(ema_decay)
+        self.ema_epochs = float(ema_epochs)
+        self.ema_monitor = ema_monitor
         self._ema_update = get_ema_multi_avg_fn(self.ema_decay)
         self._ema: list[torch.Tensor] | None = None  # the averaged floating-point state
         self._raw: list[torch.Tensor] | None = None  # the raw weights while the average is in
@@ -166,11 +192,30 @@ class ZiPoTrainingPlan(TrainingPlan):
         state = self.module.state_dict(keep_vars=True)
         return [v.data for v in state.values() if v.is_floating_point()]
 
+    def averaging_decay(self, steps_per_epoch: int | float) -> float:
+        """The average's decay per optimiser step: ``ema_decay``, or where that is 0 the one of
+        a horizon of ``ema_epochs`` epochs of ``steps_per_epoch`` steps (0: no averaging).
+
+        Examples
+        --------
+        >>> plan = ZiPoTrainingPlan.__new__(ZiPoTrainingPlan)
+        >>> plan.ema_decay, plan.ema_epochs = 0.0, 20.0
+        >>> plan.averaging_decay(10), plan.averaging_decay(2), plan.averaging_decay(0.04)
+        (0.995, 0.975, 0.0)
+        """
+        if self.ema_decay > 0 or self.ema_epochs <= 0:
+            return self.ema_decay
+        return max(0.0, 1.0 - 1.0 / (self.ema_epochs * steps_per_epoch))
+
     def on_train_start(self):
-        """Start the average at the weights training begins with (``ema_decay > 0``)."""
-        if self.ema_decay > 0:
+        """Start the average at the weights training begins with (``ema_decay > 0`` or
+        ``ema_epochs > 0``).
+        """
+        decay = self.averaging_decay(self.trainer.num_training_batches)
+        self._ema_update = get_ema_multi_avg_fn(decay)
+        self._ema = self._raw = None
+        if decay > 0:
             self._ema = [t.detach().clone() for t in self._float_state()]
-            self._raw = None
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         """Fold the weights after this optimiser step into the average."""
@@ -293,21 +338,34 @@ class ZiPoTrainingPlan(TrainingPlan):
                 group["lr"] = lr
 
     def validation_step(self, batch, batch_idx):
-        """Score validation cells; on held-out molecules when ``validation="molecules"``."""
+        """Score validation cells; on held-out molecules when ``validation="molecules"``.
+
+        With ``ema_monitor="raw"`` the cells are scored twice, with the averaged weights
+        (``validation_loss_average``) and with the raw ones (``validation_loss`` and the other
+        metrics), on the same split of their molecules.
+        """
+        out = self._validation_loss(batch, batch_idx)  # the average's weights when it is in
+        if self.ema_monitor == "raw":
+            self._log_validation("validation_loss_average", out.loss)
+            if self._raw is not None:  # score the raw weights too
+                self._swap_out_average()
+                out = self._validation_loss(batch, batch_idx)
+                self._swap_in_average()
+        self._log_validation("validation_loss", out.loss)
+        self.compute_and_log_metrics(out, self.val_metrics, "validation")
+
+    def _validation_loss(self, batch, batch_idx):
         loss_kwargs = dict(self.loss_kwargs)
         if self.validation == "molecules":
             generator = torch.Generator(device="cpu").manual_seed(1_000_003 + batch_idx)
             batch, split = _split_molecules(batch, self.molecule_split, generator)
             loss_kwargs.update(split)
-        _, _, scvi_loss = self.forward(batch, loss_kwargs=loss_kwargs)
+        return self.forward(batch, loss_kwargs=loss_kwargs)[2]
+
+    def _log_validation(self, name: str, value: torch.Tensor) -> None:
         self.log(
-            "validation_loss",
-            scvi_loss.loss,
-            on_step=self.on_step,
-            on_epoch=self.on_epoch,
-            sync_dist=self.use_sync_dist,
+            name, value, on_step=self.on_step, on_epoch=self.on_epoch, sync_dist=self.use_sync_dist
         )
-        self.compute_and_log_metrics(scvi_loss, self.val_metrics, "validation")
 
     def compute_and_log_metrics(self, loss_output, metrics, mode):
         """Log ``reconstruction_loss_{mode}`` and the extra metrics (``nll_{mode}``, ...).
@@ -481,10 +539,12 @@ class TrainingReport(Callback):
         if frame is not None and len(frame):
             values = frame.iloc[:, 0].astype(float).to_numpy()
             i = int(values.argmin())
-            restored = any(isinstance(c, RestoreBest) for c in trainer.callbacks)
+            # RestoreBest may watch another loss (ema_monitor="raw": the average's)
+            restorer = next((c for c in trainer.callbacks if isinstance(c, RestoreBest)), None)
+            keep = epochs if restorer is None else (restorer.best_epoch or i + 1)
             kept = ""
-            if i + 1 != epochs:
-                kept = f"; the model keeps epoch {i + 1 if restored else epochs}'s weights"
+            if i + 1 != epochs or keep != epochs:
+                kept = f"; the model keeps epoch {keep}'s weights"
             best = f" Best {name}: {values[i]:.6g} at epoch {i + 1}{kept}. The {name} is the "
             best += f"{meaning}."
         self.summary = f"ZIPO trained {epochs} epochs in {elapsed} {how}.{best}"
