@@ -55,32 +55,13 @@ PAPER_TRAIN: MappingProxyType = MappingProxyType(
         "validation": "cells",
         "train_split": 1.0,  # the model sees all of each training cell's molecules
         # no weight averaging: validation and the result use the raw weights. Not changed by the
-        # default either: an average over the optimiser steps (ema_decay=0.995) won where steps
-        # per epoch are many and lost where they are few (benchmarks/grid.py, issue 16; held-out
-        # Poisson vs scVI Poisson, was -> with it): pbmc3k 2,000 HVGs +0.4% -> -1.2% (3 seeds),
-        # 500 HVGs -0.4% -> -0.9% (3 seeds), quarter depth -0.4% -> -1.7%, simulator -0.4% ->
-        # -0.5%, hgmm1k 2,000 HVGs -1.7% -> -1.5%, immune559 all genes (2 steps per epoch)
-        # -0.1% -> +1.9%. A horizon in epochs (ema_epochs=20: 0.995 at pbmc3k's 10 steps per
-        # epoch, 0.975 at immune559's 2) lost there too, on 3 seeds: +0.06% -> +0.44% (per seed
-        # +0.34/+0.50/+0.49% against -0.14/+0.05/+0.26% without averaging). The cause is when
-        # training stops, not the average: at a given epoch the average scored better than the
-        # raw weights (immune559 seed 0, epoch 201: 0.09798 vs 0.09826), but its smoother
-        # validation loss ran training longer (372/364/506 epochs against 342/298/348), and on
-        # 559 cells the extra passes fit the training cells' own molecules, which the
-        # validation cells cannot show (their loss fell until epoch 293, the training cells'
-        # held-out loss rose from epoch ~200; without averaging too, seed 2, in a rerun scoring
-        # them every 3 epochs: lowest at epoch 183, 0.09817, while the validation loss fell
-        # 3.7% more until epoch 368, where the training cells' held-out loss was 0.09883).
-        # With ema_monitor="raw" (training runs as without
-        # averaging; the average's own validation loss picks the epoch kept) ema_epochs=20
-        # gained or held at every point, 3 seeds where marked: pbmc3k 2,000 HVGs +0.41% ->
-        # -0.06% (3), 500 HVGs -0.43% -> -0.46% (3), quarter depth -0.44% -> -0.74%, simulator
-        # -0.41% -> -0.42%, hgmm1k -1.73% -> -1.75%, immune559 +0.06% -> +0.03% (3; per seed
-        # -0.14/+0.03/+0.20%): not first at immune559 (nor is the default, on 3 seeds), so not
-        # the default
+        # default either: averaging won where an epoch has many optimiser steps (pbmc3k 2,000
+        # HVGs vs scVI Poisson +0.41% -> -1.19%, 3 seeds) and lost where it has few (immune559
+        # all genes, 2 steps per epoch: +0.06% -> +0.44%, 3 seeds), by running training longer;
+        # the study is on docs/benchmarks/grid.md ("Weight averaging")
         "ema_decay": 0.0,
         "ema_epochs": 0.0,  # the same average with its horizon in epochs (ema_decay=0 only)
-        "ema_monitor": "average",  # "raw": early stopping watches the raw weights (see above)
+        "ema_monitor": "average",  # "raw": stopping watches the raw weights, the average is kept
     }
 )
 
