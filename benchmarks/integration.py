@@ -470,9 +470,16 @@ def goals(rows: pd.DataFrame) -> list[str]:
 
 
 def umap_figure(latents: dict[str, np.ndarray], obs: pd.DataFrame, title: str, path: Path):
-    """UMAPs of each method's latents, coloured by sample (top) and by label (bottom)."""
-    import scanpy as sc
+    """UMAPs of each method's latents, coloured by sample (top) and by label (bottom).
 
+    UMAP's numba code resets the process's OpenMP thread count, which torch shares: torch's
+    thread count is put back afterwards, so that the trainings after a figure run on as many
+    threads as those before it (a different count sums in another order: other numbers).
+    """
+    import scanpy as sc
+    import torch
+
+    threads = torch.get_num_threads()
     size = (3.2 * len(latents), 6.2)
     with saved_figure(path, 2, len(latents), figsize=size, squeeze=False, dpi=90) as (fig, axes):
         for j, (method, latent) in enumerate(latents.items()):
@@ -493,6 +500,7 @@ def umap_figure(latents: dict[str, np.ndarray], obs: pd.DataFrame, title: str, p
                 )
                 ax.set_title(f"{method}\n{color}" if i == 0 else color, fontsize=9)
         fig.suptitle(title)
+    torch.set_num_threads(threads)
 
 
 def docs_body(rows: pd.DataFrame, command: str) -> str:
