@@ -36,19 +36,20 @@ class _Record(Callback):
             self.validated.append((len(self.steps), _floats(pl_module.module)))
 
 
-def _train(adata, ema_decay, ema_epochs=0.0):
+def _train(adata, ema_decay, ema_epochs=0.0, *, max_epochs=3, restore_best=False, **kwargs):
     ZIPO.setup_anndata(adata)
     model = ZIPO(adata, seed=0, **TINY)
     record = _Record()
     model.train(
-        max_epochs=3,
+        max_epochs=max_epochs,
         seed=0,
         batch_size=64,
-        restore_best=False,
+        restore_best=restore_best,
         ema_decay=ema_decay,
         ema_epochs=ema_epochs,
         enable_progress_bar=False,
         callbacks=[record],
+        **kwargs,
     )
     return model, record
 
@@ -149,20 +150,8 @@ def test_presets_do_not_average():
     assert preset("paper")[1]["ema_monitor"] == "average"
 
 
-def _train_restoring(adata, **kwargs):
-    ZIPO.setup_anndata(adata)
-    model = ZIPO(adata, seed=0, **TINY)
-    record = _Record()
-    model.train(
-        max_epochs=4,
-        seed=0,
-        batch_size=64,
-        restore_best=True,
-        enable_progress_bar=False,
-        callbacks=[record],
-        **kwargs,
-    )
-    return model, record
+def _train_restoring(adata, ema_decay, **kwargs):
+    return _train(adata, ema_decay, max_epochs=4, restore_best=True, **kwargs)
 
 
 def _series(model, name):

@@ -182,7 +182,7 @@ class ZiPoTrainingPlan(TrainingPlan):
         self.ema_decay = float(ema_decay)
         self.ema_epochs = float(ema_epochs)
         self.ema_monitor = ema_monitor
-        self._ema_update = get_ema_multi_avg_fn(self.ema_decay)
+        self._ema_update = None  # the update of the decay in use, made at on_train_start
         self._ema: list[torch.Tensor] | None = None  # the averaged floating-point state
         self._raw: list[torch.Tensor] | None = None  # the raw weights while the average is in
 
