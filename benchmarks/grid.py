@@ -253,7 +253,7 @@ def glance(out: Path) -> str:
         "Points: a real 10x set cut to its 500 or 2,000 most variable genes (`seurat_v3`) or all "
         "detected genes, at full depth or thinned to a quarter (`d0.25`), and a simulation "
         "without dropout. Peers run: "
-        + ", ".join(sorted(set(ok["method"]) - {"ZIPO", CONTROL}))
+        + ", ".join(sorted(m for m in set(ok["method"]) if not m.startswith(("ZIPO", "none"))))
         + ". "
         f"{meta.get('date', '')}, {machine.get('cpu', '')} ({machine.get('cores', '')} cores); "
         "all scores (openproblems' scaled scores, the oracle share) on the "

@@ -157,7 +157,9 @@ def test_progress_messages_quiet_and_force(tmp_path, counts, config, capsys):
     captured = capsys.readouterr()
     assert "zipo: read 90 cells x 30 genes" in captured.err and "wrote" in captured.err
     shown = captured.out + captured.err
-    assert "early stopping on held-out molecules; at most 2 epochs" in shown  # the progress bar
+    assert (
+        "early stopping on held-out molecules of every cell; at most 2 epochs" in shown
+    )  # the progress bar
     assert "ZIPO trained 2 epochs" in shown and "Best held-out loss" in shown  # the summary
     first = anndata.read_h5ad(out).layers["zipo_denoised"]
     assert main([*cmd, "--quiet", "--seed", "5"]) == 2  # the output exists

@@ -293,8 +293,9 @@ def test_torchrun_ddp_on_backed_file(h5ad, tmp_path):
         pytest.fail(f"torchrun failed ({done.returncode}):\n{done.stderr[-6000:]}")
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["world_size"] == 2
-    # each process sees half of the 180 training cells: ceil(90 / 32) = 3 batches, not 6
-    assert result["batches"] == 3
+    # each process sees half of the 200 cells (the default trains on all of them and validates
+    # on their held-out molecules): ceil(100 / 32) = 4 batches, not 7
+    assert result["batches"] == 4
     assert result["loss"][-1] < result["loss"][0]
     model = ZIPO.load(tmp_path / "model", adata=read_backed(h5ad))
     assert np.isfinite(model.get_latent_representation()).all()

@@ -40,7 +40,7 @@ def saved(tmp_path_factory):
     adata = _data()
     ZIPO.setup_anndata(adata, batch_key="batch")
     model = ZIPO(adata, likelihood="zip", alpha_w=1.0, **TINY)
-    model.train(**FAST)
+    model.train(**FAST, train_size=0.9)  # validation cells, on which pruning is judged
     path = tmp_path_factory.mktemp("sparsity") / "model"
     model.save(str(path), save_anndata=True)
     return path, model.validation_indices

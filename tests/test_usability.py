@@ -203,8 +203,10 @@ def test_training_says_how_it_ended_in_words(capsys):
     assert epochs < 200  # patience 2 at a large learning rate: early stopping ends it
     assert f"ZIPO trained {epochs} epochs in" in text and "stopped early (cap 200)" in text
     assert "had not improved for 2 epochs" in text and "Best held-out loss" in text
-    assert "molecules hidden from the model" in text  # what the loss is, in words
-    assert "early stopping on held-out molecules; at most 200 epochs" in text  # the bar
+    assert "molecules held out from training" in text  # what the loss is, in words
+    assert (
+        "early stopping on held-out molecules of every cell; at most 200 epochs" in text
+    )  # the bar
     assert "Best score" not in text and "Monitored metric" not in text  # Lightning's wording
     assert f"/{200}" not in text  # the bar does not count towards the cap
     model.train(max_epochs=1, enable_progress_bar=False)

@@ -96,6 +96,78 @@ def thin_counts(counts: Any, fraction: Any, seed: Any = None) -> tuple[Any, Any]
     return kept, sp.csr_matrix(held_out)
 
 
+#: splitmix64's constants as signed 64-bit integers (torch has no unsigned 64-bit arithmetic).
+_GOLDEN, _MIX1, _MIX2 = (
+    c - (1 << 64) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+)
+
+
+def _shift_right(h: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 values (torch's ``>>`` keeps the sign)."""
+    return (h >> k) & ((1 << (64 - k)) - 1)
+
+
+def _mix64(h: torch.Tensor) -> torch.Tensor:
+    """splitmix64 (Steele et al. 2014) of int64 values, with wrapping arithmetic."""
+    h = h + _GOLDEN
+    h = (h ^ _shift_right(h, 30)) * _MIX1
+    h = (h ^ _shift_right(h, 27)) * _MIX2
+    return h ^ _shift_right(h, 31)
+
+
+def fixed_thinning(counts: torch.Tensor, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split each cell's molecules by a rule fixed by the cell's own counts.
+
+    Every molecule is kept with probability ``fraction`` (binomial thinning, as
+    :func:`thin_counts`), but the draws are hashes of the cell's counts, the gene and the
+    molecule's number, not a generator's: the same cell gets the same split in any minibatch,
+    on any device and in any run, without knowing its row in the data. The training's
+    ``validation="mcv"`` holds out one such share of every cell's molecules for good.
+
+    Parameters
+    ----------
+    counts
+        Cells x genes counts, a torch tensor (dense or sparse); rounded first.
+    fraction
+        Share of the molecules kept, in ``(0, 1)``.
+
+    Returns
+    -------
+    ``(X, Y)``: the kept and the held-out counts, two dense tensors of the input's dtype.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([[30.0, 0.0, 5.0], [1.0, 8.0, 0.0]])
+    >>> kept, held_out = fixed_thinning(x, 0.9)
+    >>> bool((kept + held_out == x).all())
+    True
+    >>> k2, _ = fixed_thinning(x.flip(0), 0.9)  # the same cells in another order
+    >>> bool((k2.flip(0) == kept).all())
+    True
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must lie in (0, 1), not {fraction}.")
+    x = torch.round(dense_input(counts))
+    if (x < 0).any():
+        raise ValueError("Binomial thinning needs non-negative counts.")
+    n = x.long()
+    genes = _mix64(torch.arange(n.shape[1], device=n.device))
+    cells = _mix64((n * genes).sum(dim=1))  # a key of the cell's counts (wrapping sum)
+    rows, cols = n.nonzero(as_tuple=True)
+    per_entry = n[rows, cols]
+    entry = _mix64(cells[rows] ^ genes[cols])
+    owner = torch.repeat_interleave(torch.arange(len(per_entry), device=n.device), per_entry)
+    first = torch.cumsum(per_entry, 0) - per_entry
+    number = torch.arange(len(owner), device=n.device) - first[owner]
+    # the entry's splitmix64 stream: its molecule k draws mix(entry + (k + 1) * golden)
+    draw = _shift_right(_mix64(entry[owner] + number * _GOLDEN), 11).double() / float(1 << 53)
+    held = torch.zeros_like(per_entry).scatter_add_(0, owner, (draw >= fraction).long())
+    held_out = torch.zeros_like(x)
+    held_out[rows, cols] = held.to(x.dtype)
+    return x - held_out, held_out
+
+
 def log_normalise(x: Any, target_sum: float = 1e4) -> np.ndarray:
     """``log1p`` of the counts scaled to ``target_sum`` per cell (cells without counts: 0)."""
     x = _dense(x)

@@ -52,6 +52,7 @@ from ._training import (
     EpochProgressBar,
     RestoreBest,
     TrainingReport,
+    ZiPoDataSplitter,
     ZiPoTrainingPlan,
     check_plan_kwargs,
     loss_in_words,
@@ -124,7 +125,10 @@ def _add_training_messages(
     callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
     if verbose and trainer_kwargs.get("simple_progress_bar", True):
         trainer_kwargs["simple_progress_bar"] = False  # scvi's bar says "Epoch 103/1000"
-        where = "held-out molecules" if plan["validation"] == "molecules" else "validation cells"
+        where = {
+            "molecules": "held-out molecules",
+            "mcv": "held-out molecules of every cell",
+        }.get(plan["validation"], "validation cells")
         watched = where if has_validation else "the training loss"
         description = (
             f"Training (early stopping on {watched}; at most {max_epochs} epochs)"
@@ -217,6 +221,7 @@ alpha_w, alpha_theta, alpha_library
 
     _module_cls = ZiPoModule
     _training_plan_cls = ZiPoTrainingPlan
+    _data_splitter_cls = ZiPoDataSplitter
 
     def __init__(
         self,
@@ -422,7 +427,7 @@ alpha_w, alpha_theta, alpha_library
         max_epochs: int | None = None,
         lr: float | None = None,
         batch_size: int | None = None,
-        validation: Literal["cells", "molecules"] | None = None,
+        validation: Literal["cells", "molecules", "mcv"] | None = None,
         early_stopping: bool = True,
         train_size: float | None = None,
         seed: int | None = None,
@@ -444,13 +449,18 @@ alpha_w, alpha_theta, alpha_library
         batch_size
             Minibatch size.
         validation
-            ``"cells"`` (the paper: validation cells scored on their counts) or ``"molecules"``
-            (validation cells' molecules split; scored on the held-out part).
+            ``"cells"`` (the paper: validation cells scored on their counts), ``"molecules"``
+            (validation cells' molecules split; scored on the held-out part) or ``"mcv"``
+            (the default preset: 10% of every cell's molecules held out from training for
+            good, and scored; validation runs over all cells, so ``train_size=1.0`` still
+            validates).
         early_stopping
             Stop when the validation loss has not improved for the preset's patience (30).
         train_size
-            Fraction of cells used for training; the rest validate (preset: 0.9). ``1.0``
-            disables validation; scheduling and early stopping then watch the training loss.
+            Fraction of cells used for training (default preset: 1.0; paper: 0.9); the rest
+            validate. With ``validation="mcv"`` every cell validates whatever this is; otherwise
+            ``1.0`` disables validation, and scheduling and early stopping then watch the
+            training loss.
         seed
             Seeds the split, the minibatch order and dropout.
         restore_best
@@ -508,6 +518,9 @@ alpha_w, alpha_theta, alpha_library
             split["train_size"] = (n_train - 0.5) / n_obs
             if n_train + n_val < n_obs:  # cells left out, no validation (scvi's rule)
                 split["validation_size"] = 0.0
+        if plan["validation"] == "mcv":  # every cell's own held-out molecules validate
+            has_validation = True
+            datasplitter_kwargs = {**(datasplitter_kwargs or {}), "validate_all_cells": True}
         monitor = "validation_loss" if has_validation else "train_loss"
         plan["monitor"] = monitor
         #: How the validation loss of the last training was scored ("cells", "molecules";

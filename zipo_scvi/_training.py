@@ -11,10 +11,12 @@ import time
 import warnings
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from scvi import REGISTRY_KEYS
+from scvi.dataloaders import DataSplitter
 from scvi.train import TrainingPlan
 from scvi.train._progress import ProgressBar
 from scvi.utils import track
@@ -22,9 +24,9 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from ._defaults import MOLECULE_SPLIT, PAPER_TRAIN
-from ._metrics import thin_counts
+from ._metrics import fixed_thinning, thin_counts
 
-VALIDATION_MODES = ("cells", "molecules")
+VALIDATION_MODES = ("cells", "molecules", "mcv")
 EMA_MONITORS = ("average", "raw")
 
 
@@ -94,10 +96,17 @@ class ZiPoTrainingPlan(TrainingPlan):
     validation
         ``"cells"``: score validation cells on their own counts (the paper). ``"molecules"``:
         thin each validation cell's counts, encode one part and score the held-out part.
+        ``"mcv"`` (molecular cross-validation of the cells trained on): a share ``1 -
+        molecule_split`` of every cell's molecules is held out for good
+        (:func:`~zipo_scvi._metrics.fixed_thinning`, the same molecules at every step, epoch and
+        call of ``train``); training never sees them, and validation encodes each cell's other
+        molecules and scores these. Validation then runs over every cell (see
+        :class:`ZiPoDataSplitter`), so it shows when the model starts to fit the noise of the
+        cells it is trained on, which validation cells cannot show.
     monitor
         Metric watched by the plateau scheduler.
     molecule_split
-        Share of molecules the model sees in ``"molecules"`` validation.
+        Share of molecules the model sees in ``"molecules"`` and ``"mcv"`` validation.
     train_split
         Below 1: each training step thins every cell's counts, encodes that share of the
         molecules and scores the model on the rest (molecular cross-validation as the training
@@ -288,6 +297,8 @@ class ZiPoTrainingPlan(TrainingPlan):
         KL terms are zero and its "ELBO" would repeat the reconstruction loss.
         """
         loss_kwargs = self.loss_kwargs
+        if self.validation == "mcv":  # the molecules validation scores stay unseen
+            batch = _without_held_out(batch, self.molecule_split)
         if self.train_split < 1.0:
             batch, split = _split_molecules(batch, self.train_split, None)
             loss_kwargs = {**loss_kwargs, **split}
@@ -356,7 +367,13 @@ class ZiPoTrainingPlan(TrainingPlan):
 
     def _validation_loss(self, batch, batch_idx):
         loss_kwargs = dict(self.loss_kwargs)
-        if self.validation == "molecules":
+        if self.validation == "mcv":
+            x = batch[REGISTRY_KEYS.X_KEY]
+            kept, held_out = fixed_thinning(x, self.molecule_split)
+            batch = {**batch, REGISTRY_KEYS.X_KEY: kept}
+            share = self.molecule_split
+            loss_kwargs.update(target=held_out, rate_scale=(1.0 - share) / share)
+        elif self.validation == "molecules":
             generator = torch.Generator(device="cpu").manual_seed(1_000_003 + batch_idx)
             batch, split = _split_molecules(batch, self.molecule_split, generator)
             loss_kwargs.update(split)
@@ -402,11 +419,60 @@ def _split_molecules(batch: dict, share: float, generator) -> tuple[dict, dict]:
     return batch, {"target": held_out.to(x.device), "rate_scale": (1.0 - share) / share}
 
 
+def _without_held_out(batch: dict, share: float) -> dict:
+    """The minibatch without the molecules that ``validation="mcv"`` holds out."""
+    kept, _ = fixed_thinning(batch[REGISTRY_KEYS.X_KEY], share)
+    return {**batch, REGISTRY_KEYS.X_KEY: kept}
+
+
+class ZiPoDataSplitter(DataSplitter):
+    """scvi's :class:`~scvi.dataloaders.DataSplitter`; with ``validate_all_cells=True`` the
+    validation loader runs over every cell (training and validation cells, in order).
+
+    ``validation="mcv"`` scores held-out molecules of the cells the model trains on, so its
+    validation needs the training cells, which scvi's splitter keeps apart from the validation
+    cells.
+
+    Parameters
+    ----------
+    adata_manager
+        The model's :class:`~scvi.data.AnnDataManager`.
+    validate_all_cells
+        Validate on every cell instead of the validation cells only.
+    **kwargs
+        Passed to :class:`~scvi.dataloaders.DataSplitter`.
+    """
+
+    def __init__(self, adata_manager, validate_all_cells: bool = False, **kwargs):
+        super().__init__(adata_manager, **kwargs)
+        self.validate_all_cells = validate_all_cells
+
+    def val_dataloader(self):
+        """Every cell with ``validate_all_cells``; otherwise scvi's validation cells."""
+        if not self.validate_all_cells:
+            return super().val_dataloader()
+        cells = np.sort(np.concatenate([self.train_idx, self.val_idx]))
+        return self.data_loader_cls(
+            self.adata_manager,
+            indices=cells,
+            shuffle=False,
+            drop_last=False,
+            load_sparse_tensor=self.load_sparse_tensor,
+            pin_memory=self.pin_memory,
+            **self.data_loader_kwargs,
+        )
+
+
 def loss_in_words(monitor: str, validation: str, molecule_split: float) -> tuple[str, str]:
     """(short name, sentence) of the loss that early stopping and the LR schedule watch."""
     penalties = "plus the model's penalties; lower is better"
     if monitor == "train_loss":
         return "training loss", f"mean negative log-likelihood per training cell, {penalties}"
+    if validation == "mcv":
+        return "held-out loss", (
+            f"mean negative log-likelihood per cell of the {1 - molecule_split:.0%} of its "
+            f"molecules held out from training, {penalties}"
+        )
     if validation == "molecules":
         return "held-out loss", (
             f"mean negative log-likelihood per validation cell of the {1 - molecule_split:.0%} "

@@ -20,7 +20,13 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
-from ._defaults import MOLECULE_SPLIT, PAPER_SEARCH_SPACE, TUNE_OBJECTIVE, TUNE_OBJECTIVES
+from ._defaults import (
+    MOLECULE_SPLIT,
+    PAPER_SEARCH_SPACE,
+    PAPER_TRAIN,
+    TUNE_OBJECTIVE,
+    TUNE_OBJECTIVES,
+)
 from ._metrics import log_normalised_mse, mcv_poisson, thin_counts
 from ._model import ZIPO
 from ._settings import MODEL_KEYS, TRAIN_KEYS, split_settings
@@ -195,7 +201,8 @@ def _objective_fn(
     def run(trial: optuna.Trial) -> float:
         settings = {**fixed, **{p.name: p.suggest(trial) for p in params}}
         if objective == "validation_nll":
-            settings.setdefault("validation", "cells")  # the paper's validation NLL
+            settings.setdefault("validation", "cells")  # the paper's validation NLL ...
+            settings.setdefault("train_size", PAPER_TRAIN["train_size"])  # ... of its cells
         preset, model_kwargs, train_kwargs = split_settings(settings)
         trial.set_user_attr("preset", preset)
         trial.set_user_attr("model_kwargs", _jsonable(model_kwargs))

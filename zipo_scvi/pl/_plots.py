@@ -53,6 +53,8 @@ def _validation_kind(source: Any) -> str:
         mode = settings.get("train", {}).get("validation", settings.get("validation"))
     else:
         mode = getattr(source, "validation_mode", None)  # set by ZIPO.train
+    if mode == "mcv":
+        return "validation (held-out molecules of every cell)"
     if mode == "molecules":
         return "validation (held-out molecules)"
     if mode == "cells":
