@@ -30,6 +30,26 @@ def test_the_hash_is_splitmix64_with_wrapping_arithmetic():
     assert [int(g) & _MASK for g in got] == [_splitmix_reference(v & _MASK) for v in values]
 
 
+def _fixed_thinning_reference(counts: np.ndarray, fraction: float) -> np.ndarray:
+    """The held-out counts of :func:`fixed_thinning`, one molecule at a time in Python."""
+    genes = [_splitmix_reference(j) for j in range(counts.shape[1])]
+    held = np.zeros_like(counts)
+    for i, row in enumerate(counts.astype(int)):
+        cell = _splitmix_reference(sum(int(n) * g for n, g in zip(row, genes)) & _MASK)
+        for j, n in enumerate(row):
+            entry = _splitmix_reference(cell ^ genes[j])
+            for k in range(n):  # molecule k of the entry: splitmix64's k-th draw from it
+                draw = _splitmix_reference((entry + k * 0x9E3779B97F4A7C15) & _MASK) >> 11
+                held[i, j] += draw / 2**53 >= fraction
+    return held
+
+
+def test_fixed_thinning_draws_are_the_documented_hashes():
+    counts = np.array([[0, 3, 1, 12], [5, 0, 2, 0], [1, 1, 1, 40]], dtype=np.float32)
+    _, held_out = fixed_thinning(torch.from_numpy(counts), 0.7)
+    np.testing.assert_array_equal(held_out.numpy(), _fixed_thinning_reference(counts, 0.7))
+
+
 def test_fixed_thinning_is_a_binomial_partition_fixed_by_each_cell():
     torch.manual_seed(0)
     x = torch.poisson(torch.rand(300, 40) * 6)
