@@ -56,6 +56,8 @@ from zipo_scvi._defaults import ERROR_BAR_LAMBDA
 from zipo_scvi._metrics import thin_counts
 
 CONTROL = "none (D = X)"
+#: Cells with fewer counts on a point's genes are left out of it.
+MIN_CELL_COUNTS = 10
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,12 @@ def load_point(point: Point, seed: int = 0):
             adata, n_top_genes=point.genes, flavor="seurat_v3", inplace=False
         )
         adata = adata[:, hvg["highly_variable"].to_numpy()].copy()
+    # cells with (almost) nothing on the panel: the split can leave them without a training
+    # count, on which scVI's log library is -inf (brain10k's 500 HVGs: 9 empty cells)
+    enough = np.asarray(adata.X.sum(axis=1)).ravel() >= MIN_CELL_COUNTS
+    if not enough.all():
+        desc += f"; {int((~enough).sum())} cells with fewer than {MIN_CELL_COUNTS} counts dropped"
+        adata = adata[enough].copy()
     mean_total = float(np.asarray(adata.X.sum(axis=1)).mean())
     desc += f"; {adata.n_obs} cells x {adata.n_vars} genes, {mean_total:.0f} UMIs per cell"
     return adata, desc
