@@ -280,7 +280,7 @@ def _figure(margins: list[tuple[str, float, str]], path: Path) -> None:
     with saved_figure(path, figsize=(6, 0.35 * len(labels) + 1.2)) as (_, ax):
         colors = ["tab:green" if v < 0 else "tab:red" for v in values]
         bars_around_zero(ax, labels, values, colors)
-        ax.set_xlabel("ZIPO held-out Poisson vs best peer (%; < 0: ZIPO better)")
+        ax.set_xlabel("ZIPO held-out Poisson vs best peer (%)\n< 0: ZIPO better")
 
 
 def main(argv: list[str] | None = None) -> None:
