@@ -183,7 +183,7 @@ def test_ema_monitor_raw_trains_as_without_averaging_and_keeps_the_best_average(
 
 
 def test_ema_monitor_average_watches_the_average(adata):
-    model, record = _train_restoring(adata, ema_decay=0.8)
+    model, record = _train_restoring(adata, ema_decay=0.8, ema_monitor="average")
     assert "validation_loss_average" not in model.history
     best = int(_series(model, "validation_loss").argmin())
     for got, kept in zip(_floats(model.module), record.validated[best][1], strict=True):

@@ -103,7 +103,8 @@ def test_training_never_sees_the_molecules_validation_scores(adata, monkeypatch)
         return original(self, tensors, inference_outputs, generative_outputs, target, **kwargs)
 
     monkeypatch.setattr(type(model.module), "loss", spy)
-    model.train(**{**FAST, "max_epochs": 2}, validation="mcv", train_size=1.0, train_split=0.7)
+    settings = {"validation": "mcv", "train_size": 1.0, "train_split": 0.7, "ema_epochs": 0}
+    model.train(**{**FAST, "max_epochs": 2}, **settings)  # (no average: one validation a batch)
     # every training step: the kept molecules of its cells, never a held-out one
     assert calls["train"] and all(_rows(w) <= _rows(kept) for w, _ in calls["train"])
     # validation: every cell, each epoch, encoding its kept molecules, scored on the held-out
@@ -124,6 +125,7 @@ def test_mcv_validation_stops_early_and_keeps_the_best_epoch(adata):
         train_size=1.0,
         lr=0.05,
         early_stopping_patience=3,
+        ema_epochs=0,  # the raw weights: the ones validated are the ones kept
     )
     losses = model.history["validation_loss"]["validation_loss"].to_numpy()
     assert len(losses) < 60  # stopped on the held-out molecules

@@ -32,6 +32,7 @@ def _train(adata, restore_best):
         lr=0.05,
         early_stopping_patience=3,
         restore_best=restore_best,
+        ema_epochs=0,  # the raw weights: the ones validated are the ones kept
         enable_progress_bar=False,
         batch_size=64,
         callbacks=[record],
