@@ -223,9 +223,14 @@ def report(out: Path) -> str:
     return "\n".join(lines)
 
 
+def _is_peer(method: str) -> bool:
+    """A peer is any method but ZIPO (its default and study rows) and ``none``."""
+    return not method.startswith(("ZIPO", "none"))
+
+
 def _peers(mean):
-    """The rows (methods) of a per-method table that are peers: not ZIPO, not ``none``."""
-    return mean.drop(index=[i for i in mean.index if i.startswith(("ZIPO", "none"))])
+    """The rows (methods) of a per-method table that are peers."""
+    return mean.drop(index=[i for i in mean.index if not _is_peer(i)])
 
 
 def _relative(value: float, reference: float) -> float:
@@ -261,7 +266,7 @@ def glance(out: Path) -> str:
         "Points: a real 10x set cut to its 500 or 2,000 most variable genes (`seurat_v3`) or all "
         "detected genes, at full depth or thinned to a quarter (`d0.25`), and a simulation "
         "without dropout. Peers run: "
-        + ", ".join(sorted(m for m in set(ok["method"]) if not m.startswith(("ZIPO", "none"))))
+        + ", ".join(sorted(filter(_is_peer, set(ok["method"]))))
         + ". "
         f"{meta.get('date', '')}, {machine.get('cpu', '')} ({machine.get('cores', '')} cores); "
         "all scores (openproblems' scaled scores, the oracle share) on the "

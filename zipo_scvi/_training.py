@@ -298,7 +298,7 @@ class ZiPoTrainingPlan(TrainingPlan):
         """
         loss_kwargs = self.loss_kwargs
         if self.validation == "mcv":  # the molecules validation scores stay unseen
-            batch = _without_held_out(batch, self.molecule_split)
+            batch, _ = _split_fixed(batch, self.molecule_split)
         if self.train_split < 1.0:
             batch, split = _split_molecules(batch, self.train_split, None)
             loss_kwargs = {**loss_kwargs, **split}
@@ -355,28 +355,32 @@ class ZiPoTrainingPlan(TrainingPlan):
         (``validation_loss_average``) and with the raw ones (``validation_loss`` and the other
         metrics), on the same split of their molecules.
         """
-        out = self._validation_loss(batch, batch_idx)  # the average's weights when it is in
+        batch, loss_kwargs = self._validation_inputs(batch, batch_idx)  # split once
+        out = self.forward(batch, loss_kwargs=loss_kwargs)[2]  # the average's weights when in
         if self.ema_monitor == "raw":
             self._log_validation("validation_loss_average", out.loss)
             if self._raw is not None:  # score the raw weights too
                 self._swap_out_average()
-                out = self._validation_loss(batch, batch_idx)
+                out = self.forward(batch, loss_kwargs=loss_kwargs)[2]
                 self._swap_in_average()
         self._log_validation("validation_loss", out.loss)
         self.compute_and_log_metrics(out, self.val_metrics, "validation")
 
-    def _validation_loss(self, batch, batch_idx):
+    def _validation_inputs(self, batch, batch_idx) -> tuple[dict, dict]:
+        """The minibatch as validation encodes it, and the loss arguments that score it."""
         loss_kwargs = dict(self.loss_kwargs)
         if self.validation == "mcv":
-            x = batch[REGISTRY_KEYS.X_KEY]
-            kept, held_out = fixed_thinning(x, self.molecule_split)
-            batch = {**batch, REGISTRY_KEYS.X_KEY: kept}
-            share = self.molecule_split
-            loss_kwargs.update(target=held_out, rate_scale=(1.0 - share) / share)
+            batch, split = _split_fixed(batch, self.molecule_split)
+            loss_kwargs.update(split)
         elif self.validation == "molecules":
             generator = torch.Generator(device="cpu").manual_seed(1_000_003 + batch_idx)
             batch, split = _split_molecules(batch, self.molecule_split, generator)
             loss_kwargs.update(split)
+        return batch, loss_kwargs
+
+    def _validation_loss(self, batch, batch_idx):
+        """The validation loss output of one minibatch with the weights now in the module."""
+        batch, loss_kwargs = self._validation_inputs(batch, batch_idx)
         return self.forward(batch, loss_kwargs=loss_kwargs)[2]
 
     def _log_validation(self, name: str, value: torch.Tensor) -> None:
@@ -414,15 +418,21 @@ def _split_molecules(batch: dict, share: float, generator) -> tuple[dict, dict]:
     the rest (``target``, and ``rate_scale``: its expected size relative to the input).
     """
     x = batch[REGISTRY_KEYS.X_KEY]
-    seen, held_out = thin_counts(x.cpu(), share, generator)
-    batch = {**batch, REGISTRY_KEYS.X_KEY: seen.to(x.device)}
-    return batch, {"target": held_out.to(x.device), "rate_scale": (1.0 - share) / share}
+    return _scored_split(batch, share, *thin_counts(x.cpu(), share, generator))
 
 
-def _without_held_out(batch: dict, share: float) -> dict:
-    """The minibatch without the molecules that ``validation="mcv"`` holds out."""
-    kept, _ = fixed_thinning(batch[REGISTRY_KEYS.X_KEY], share)
-    return {**batch, REGISTRY_KEYS.X_KEY: kept}
+def _split_fixed(batch: dict, share: float) -> tuple[dict, dict]:
+    """As :func:`_split_molecules`, with the split ``validation="mcv"`` holds out for good
+    (:func:`~zipo_scvi._metrics.fixed_thinning`).
+    """
+    return _scored_split(batch, share, *fixed_thinning(batch[REGISTRY_KEYS.X_KEY], share))
+
+
+def _scored_split(batch: dict, share: float, seen, held_out) -> tuple[dict, dict]:
+    """The minibatch with ``seen`` as its counts, and the loss arguments scoring ``held_out``."""
+    device = batch[REGISTRY_KEYS.X_KEY].device
+    batch = {**batch, REGISTRY_KEYS.X_KEY: seen.to(device)}
+    return batch, {"target": held_out.to(device), "rate_scale": (1.0 - share) / share}
 
 
 class ZiPoDataSplitter(DataSplitter):
