@@ -65,6 +65,7 @@ METHODS: dict[str, tuple[str, dict]] = {
 METRICS: dict[str, tuple[str, bool, int]] = {
     "poisson": ("MCV Poisson", True, 5),
     "mse": ("MCV MSE", True, 4),
+    "mse_log": ("MCV MSE, expected log", True, 4),
     "mse_truth": ("MSE to truth", True, 4),
     "corr_truth": ("corr. to truth", False, 4),
     "ari": ("ARI k-means", False, 3),
@@ -158,7 +159,8 @@ def evaluate(
     if resume and rows_path.exists():
         old = pd.read_csv(rows_path)
         old = old[old["error"].isna()] if "error" in old else old
-        old = old[~old["method"].isin(rerun or [])]
+        # --rerun LABEL runs LABEL again on the seeds asked for; its other seeds' rows stay
+        old = old[~(old["method"].isin(rerun or []) & old["seed"].isin(list(seeds)))]
         rows = old.to_dict("records")
         done = {(r["method"], int(r["seed"])) for r in rows}
     for seed in seeds:

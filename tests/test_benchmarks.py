@@ -202,3 +202,37 @@ def test_grid_margin_is_negative_when_zipo_has_the_lower_loss_also_below_zero(tm
     text = glance(tmp_path)
     assert "| p | 10 x 5 | -0.12500 | scVI Poisson -0.12300 | -1.63% | 1 |" in text
     assert "Peers run: scVI Poisson." in text
+
+
+def test_resume_with_rerun_runs_again_only_the_seeds_asked_for(tmp_path, monkeypatch):
+    from benchmarks import run_benchmark
+
+    calls = []
+
+    def fake_run(method, train, seed=0, **kw):
+        calls.append((method, seed))
+        return {
+            "denoised": np.asarray(train.X.toarray()) + 1.0,
+            "latent": None,
+            "seconds": 0.0,
+            "peak_rss_mb": 0.0,
+            "info": {},
+        }
+
+    monkeypatch.setattr(run_benchmark, "run_method", fake_run)
+    adata = simulate_counts(n_cells=40, n_genes=20, seed=0)
+    methods = {"A": ("none", {}), "B": ("none", {})}
+    path = tmp_path / "rows.csv"
+    args = (adata, "sim", methods)
+    run_benchmark.evaluate(*args, [0, 1], None, print, 60, 1, path)
+    assert len(calls) == 4
+    calls.clear()
+    rows = run_benchmark.evaluate(*args, [1], None, print, 60, 1, path, resume=True, rerun=["A"])
+    assert calls == [("none", 1)]  # only A on seed 1 ran again
+    assert sorted((r["method"], r["seed"]) for r in rows) == [
+        ("A", 0),
+        ("A", 1),
+        ("B", 0),
+        ("B", 1),
+    ]
+    assert all(np.isfinite(r["mse_log"]) for r in rows)

@@ -97,3 +97,52 @@ def test_poisson_cell_sum_equals_the_gene_sum(dtype):
     tol = {"rtol": 1e-5, "atol": 1e-3} if dtype == torch.float32 else {}
     for a, b in zip(short, ref):
         torch.testing.assert_close(a.double(), b, **tol)
+
+
+def _expected_log1p_ref(pmf, scale, top):
+    y = np.arange(top)
+    return float((pmf(y) * np.log1p(scale * y)).sum())
+
+
+@pytest.mark.parametrize("rate", [1e-6, 0.1, 1.0, 5.0, 15.9, 16.1, 40.0, 1e3, 1e6])
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 50.0])
+def test_expected_log1p_poisson_and_zip_match_scipy(rate, scale):
+    top = int(rate + 40 * np.sqrt(rate) + 200)
+    ref = _expected_log1p_ref(lambda y: stats.poisson.pmf(y, rate), scale, top)
+    heads = {"log_rate": torch.tensor([np.log(rate)], dtype=torch.float64)}
+    got = LIKELIHOODS["poisson"].expected_log1p(heads, scale).item()
+    assert got == pytest.approx(ref, rel=1e-3, abs=1e-12)
+    z = 0.3  # zero inflation scales the expectation by 1 - z (log1p(0) = 0)
+    heads["logit_z"] = torch.tensor([special.logit(z)], dtype=torch.float64)
+    got_zip = LIKELIHOODS["zip"].expected_log1p(heads, scale).item()
+    assert got_zip == pytest.approx((1 - z) * ref, rel=1e-3, abs=1e-12)
+
+
+@pytest.mark.parametrize("rate", [0.5, 10.0, 20.0, 200.0])
+def test_expected_log1p_nb_matches_scipy_where_theta_is_large(rate):
+    theta = 5.0  # the documented accuracy: under 0.01 in log units for theta >= 5
+    p = theta / (theta + rate)
+    ref = _expected_log1p_ref(lambda y: stats.nbinom.pmf(y, theta, p), 2.0, 100_000)
+    heads = {
+        "log_rate": torch.tensor([np.log(rate)], dtype=torch.float64),
+        "log_theta": torch.tensor([np.log(theta)], dtype=torch.float64),
+    }
+    assert LIKELIHOODS["nb"].expected_log1p(heads, 2.0).item() == pytest.approx(ref, abs=0.01)
+
+
+@pytest.mark.parametrize("name", sorted(LIKELIHOODS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_expected_log1p_is_finite_and_below_log1p_of_the_mean(name, dtype):
+    log_rate = torch.tensor([-float("inf"), -80.0, -5.0, 0.0, 2.7, 3.0, 10.0, 30.0], dtype=dtype)
+    heads = {
+        "log_rate": log_rate,
+        "logit_z": torch.full_like(log_rate, -2.0),
+        "log_theta": torch.full_like(log_rate, 1.0),
+    }
+    for scale in (1e-6, 1.0, 1e4):
+        got = LIKELIHOODS[name].expected_log1p(heads, scale)
+        assert torch.isfinite(got).all() and (got >= 0).all()
+        assert got[0] < 1e-30  # a rate of 0 gives 0
+        # Jensen: never above log1p of the mean (beyond float rounding)
+        bound = torch.log1p(scale * LIKELIHOODS[name].mean(heads))
+        assert (got <= bound * (1 + 1e-5) + 1e-6).all()

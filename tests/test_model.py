@@ -68,6 +68,55 @@ def test_every_public_method(adata, likelihood):
     assert model.posterior_predictive_sample().shape == (n, g)
 
 
+@pytest.mark.parametrize("likelihood", ["zip", "poisson"])
+def test_log_normalized_expression(adata, likelihood):
+    from zipo_scvi._distributions import get_likelihood
+    from zipo_scvi._metrics import mcv_log_mse
+
+    ZIPO.setup_anndata(adata, batch_key="batch")
+    model = ZIPO(adata, likelihood=likelihood, **TINY)
+    model.train(**FAST)
+    n, g = adata.shape
+    logged = model.get_log_normalized_expression()
+    assert isinstance(logged, pd.DataFrame) and logged.shape == (n, g)
+    assert np.isfinite(logged.to_numpy()).all() and (logged.to_numpy() >= 0).all()
+    # below log1p of the rates (Jensen), most for the rarest genes
+    shares = model.get_normalized_expression(return_numpy=True)
+    totals = np.asarray(adata.X.sum(1)).ravel()
+    assert (logged.to_numpy() <= np.log1p(1e4 * shares) + 1e-5).all()
+    # one depth per cell, here each cell's total: the same as "observed"
+    per_cell = model.get_log_normalized_expression(library_size=totals, return_numpy=True)
+    np.testing.assert_allclose(per_cell, logged.to_numpy(), rtol=1e-5, atol=1e-6)
+    # the expectation under the likelihood, from the model's own shares (and zero inflation)
+    heads = {"log_rate": torch.log(torch.tensor(shares * 50.0, dtype=torch.float64))}
+    if likelihood == "zip":
+        zero = model.get_likelihood_parameters()["zero_prob"]
+        heads["logit_z"] = torch.logit(torch.tensor(zero, dtype=torch.float64))
+    ref = get_likelihood(likelihood).expected_log1p(heads, 1e4 / 50.0).numpy()
+    at_50 = model.get_log_normalized_expression(library_size=50, return_numpy=True)
+    np.testing.assert_allclose(at_50, ref, rtol=1e-4, atol=1e-6)
+    if likelihood == "poisson":  # the benchmark's score scores exactly this output
+        kept = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
+        held = np.random.default_rng(0).poisson(0.1 * kept)
+        depth = totals * held.sum() / kept.sum()
+        direct = model.get_log_normalized_expression(library_size=depth, return_numpy=True)
+        norm = held / np.maximum(held.sum(1, keepdims=True), 1) * 1e4
+        mse = np.mean((direct - np.log1p(norm)) ** 2)
+        assert mcv_log_mse(shares, kept, held) == pytest.approx(mse, rel=1e-4)
+    sub = model.get_log_normalized_expression(
+        indices=[0, 3], gene_list="gene5", library_size=[100.0, 0.0], transform_batch="batch1"
+    )
+    assert sub.shape == (2, 1) and sub.iloc[1, 0] == 0.0  # depth 0: nothing to see
+    with pytest.raises(ValueError, match="one per cell"):
+        model.get_log_normalized_expression(library_size=[1.0, 2.0])
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        model.get_log_normalized_expression(library_size=np.full(n, -1.0))
+    with pytest.raises(ValueError, match="target_sum"):
+        model.get_log_normalized_expression(target_sum=0)
+    with pytest.raises(ValueError, match="library_size"):
+        model.get_log_normalized_expression(library_size="total")
+
+
 def test_history_has_nll_and_mse_per_epoch(model):
     for key in ("nll_train", "nll_validation", "mse_train", "mse_validation", "validation_loss"):
         assert key in model.history

@@ -188,6 +188,12 @@ def log_zinb(
     return log_zero_inflated(x, logit_z, log_nb(x, log_rate, log_theta), log_f0)
 
 
+#: :meth:`Likelihood.expected_log1p` sums exactly over counts below ``MAX_COUNT`` for means up
+#: to ``EXACT_MEAN`` (a Poisson of mean 16 passes 64 with probability below 1e-12).
+EXACT_MEAN = 16.0
+MAX_COUNT = 64
+
+
 @dataclass(frozen=True)
 class Likelihood:
     """A count likelihood, as data: its log pmf, its heads, its mean, sampling, shortcuts.
@@ -229,6 +235,74 @@ class Likelihood:
         """The distribution's mean ``(1 - z) l mu`` (``l mu`` without zero inflation)."""
         rate = heads["log_rate"].exp()
         return rate * torch.sigmoid(-heads["logit_z"]) if self.zero_inflated else rate
+
+    def expected_log1p(
+        self, heads: Mapping[str, torch.Tensor], scale: torch.Tensor | float
+    ) -> torch.Tensor:
+        """``E[log1p(scale * Y)]`` for counts ``Y`` drawn from the distribution, elementwise.
+
+        With ``scale = target_sum / N`` for a sample of ``N`` molecules this is the expected
+        log-normalised expression (``log1p`` of counts per ``target_sum``) of such a sample:
+        what log-normalised counts of that depth predict, sampling noise averaged out. It lies
+        below ``log1p(scale * m)`` of the mean ``m`` (Jensen), most where ``m`` is small: a gene
+        expected at 0.1 molecules is mostly a zero.
+
+        Means up to :data:`EXACT_MEAN` are summed exactly over counts below
+        :data:`MAX_COUNT` (the rest of the mass, under 1e-12 for the Poisson, counted at
+        ``MAX_COUNT``); larger means take the second-order expansion
+        ``log1p(s m) - s^2 Var(Y) / (2 (1 + s m)^2)``. For the Poisson (and ZIP) the relative
+        error is under 1e-3 everywhere. For the NB (and ZINB) it is under 0.01 in log units
+        where ``theta >= 5``, but up to about 0.1 where ``theta = 1`` and 0.2 where ``theta =
+        0.3`` (the heavy tail beyond ``MAX_COUNT`` and the expansion's neglect of it). Zero
+        inflation multiplies by ``1 - z``, since ``log1p(0) = 0``.
+
+        Parameters
+        ----------
+        heads
+            ``log_rate`` (log of the mean at the sample's depth), ``logit_z`` and ``log_theta``
+            where the likelihood has them.
+        scale
+            ``s``: a number or a tensor broadcasting against ``log_rate`` (per cell: ``(cells,
+            1)``).
+
+        Returns
+        -------
+        Tensor of ``log_rate``'s shape.
+
+        Examples
+        --------
+        >>> import torch
+        >>> lik = get_likelihood("poisson")
+        >>> rate = torch.tensor([[0.1, 50.0]])
+        >>> lik.expected_log1p({"log_rate": rate.log()}, 1.0)  # vs log1p(rate): 0.0953, 3.93
+        tensor([[0.0679, 3.9222]])
+        """
+        log_rate = heads["log_rate"]
+        rate = log_rate.exp()
+        scale = torch.as_tensor(scale, dtype=rate.dtype, device=rate.device)
+        exact = rate <= EXACT_MEAN
+        # a rate of 0 (log -inf) has expectation 0: floored where exp still underflows to ~0
+        log_small = torch.where(exact, log_rate.clamp_min(-80.0), torch.zeros_like(log_rate))
+        log_theta = heads.get("log_theta") if self.dispersion else None
+        mass = torch.zeros_like(rate)
+        total = torch.zeros_like(rate)
+        for y in range(MAX_COUNT):
+            count = torch.full_like(rate, float(y))
+            if log_theta is None:
+                pmf = log_poisson(count, log_small).exp()
+            else:
+                pmf = log_nb(count, log_small, log_theta).exp()
+            mass = mass + pmf
+            if y:
+                total = total + pmf * torch.log1p(scale * y)
+        total = total + (1.0 - mass).clamp_min(0.0) * torch.log1p(scale * MAX_COUNT)
+        var = rate if log_theta is None else rate + rate.square() / log_theta.exp()
+        spread = scale * rate
+        expansion = torch.log1p(spread) - scale.square() * var / (2.0 * (1.0 + spread).square())
+        out = torch.where(exact, total, expansion.clamp_min(0.0))
+        if self.zero_inflated:
+            out = out * torch.sigmoid(-heads["logit_z"])
+        return out
 
     def sample(self, heads: Mapping[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
         """Draw counts, shape ``(n_samples, cells, genes)``: Poisson of a rate that is gamma

@@ -35,6 +35,7 @@ from ._checks import (
 )
 from ._defaults import MOLECULE_SPLIT, TRAIN_PLAN_KEYS
 from ._defaults import preset as get_preset
+from ._metrics import TARGET_SUM
 from ._module import ZiPoModule
 from ._outputs import (
     OUTPUT_BY_KEY,
@@ -43,7 +44,9 @@ from ._outputs import (
     LibrarySize,
     check_library_size,
     compute_outputs,
+    expected_log_normalized,
     layer_output,
+    library_depth,
     outputs_for,
 )
 from ._settings import best_settings
@@ -781,18 +784,89 @@ alpha_w, alpha_theta, alpha_library
         if n_samples_overall is not None:
             pool = np.arange(adata_.n_obs) if indices is None else np.asarray(indices)
             indices = np.random.default_rng(scvi.settings.seed).choice(pool, n_samples_overall)
-        genes = np.arange(adata_.n_vars)
-        if isinstance(gene_list, str):  # one gene, not its letters
-            gene_list = [gene_list]
-        if gene_list is not None:
-            missing = [g for g in gene_list if g not in adata_.var_names]
-            if missing:
-                raise ValueError(f"Genes {missing[:5]} not found in adata.var_names.")
-            genes = adata_.var_names.get_indexer(gene_list)
+        genes = _gene_indices(adata_, gene_list)
         blocks = self._iter_outputs(
             ["denoised"], adata, indices, batch_size, library_size, transform_batch
         )
         values = np.concatenate([block["denoised"][:, genes] for block in blocks], axis=0)
+        return self._frame(adata, indices, values, adata_.var_names[genes], return_numpy)
+
+    def get_log_normalized_expression(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        library_size: float | Literal["latent", "observed"] | np.ndarray = "observed",
+        target_sum: float = TARGET_SUM,
+        transform_batch: str | None = None,
+        gene_list: Sequence[str] | None = None,
+        return_numpy: bool | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray | pd.DataFrame:
+        """Return denoised log-normalised expression: ``E[log1p(target_sum * Y / N)]``.
+
+        The expected value of log-normalised counts (scanpy's ``normalize_total`` +
+        ``log1p``) of a fresh sample ``Y`` of ``N`` molecules from each cell, drawn from the
+        model's likelihood: the best prediction, in squared error, of what log-normalised counts
+        of that depth show, with the sampling noise averaged out. Use it where log-normalised
+        values are compared with log-normalised data; ``log1p`` of
+        :meth:`get_normalized_expression` overstates genes expected at under one molecule,
+        which a sample of ``N`` molecules mostly shows as zeros (see
+        :meth:`~zipo_scvi._distributions.Likelihood.expected_log1p` for how it is computed).
+
+        Parameters
+        ----------
+        adata, indices, batch_size
+            See :meth:`get_latent_representation`.
+        library_size
+            ``N``: ``"observed"`` (each cell's total count: its own depth), ``"latent"`` (the
+            library subnetwork's ``l``), a number (the same depth for every cell) or one
+            number per cell (an array as long as the cells returned).
+        target_sum
+            Counts per cell after normalisation.
+        transform_batch, gene_list, return_numpy
+            As in :meth:`get_normalized_expression`.
+
+        Returns
+        -------
+        Cells x genes DataFrame (index: cells, columns: genes) or array.
+
+        Examples
+        --------
+        >>> logged = model.get_log_normalized_expression(library_size=1000)
+        >>> bool((logged.to_numpy() >= 0).all())
+        True
+        """
+        per_cell = np.ndim(library_size) == 1
+        if per_cell:
+            depths = np.asarray(library_size, dtype=np.float64)
+            if not np.isfinite(depths).all() or (depths < 0).any():
+                raise ValueError("library_size per cell must be finite and non-negative.")
+        else:
+            check_library_size(library_size)
+        if not (isinstance(target_sum, int | float) and target_sum > 0):
+            raise ValueError(f"target_sum must be a positive number, not {target_sum!r}.")
+        adata_ = self._validate_anndata(adata)
+        n_cells = adata_.n_obs if indices is None else len(indices)
+        if per_cell and len(depths) != n_cells:
+            raise ValueError(
+                f"library_size has {len(depths)} values for {n_cells} cells; give one per cell."
+            )
+        genes = _gene_indices(adata_, gene_list)
+        likelihood = self.module.likelihood
+        code = self._batch_code(transform_batch)
+        parts, start = [], 0
+        for tensors in self._batches(adata, indices, batch_size):
+            decoded = self._decode(tensors, code)
+            x = tensors[REGISTRY_KEYS.X_KEY]
+            if per_cell:
+                stop = start + x.shape[0]
+                depth = torch.as_tensor(depths[start:stop]).reshape(-1, 1)
+                start = stop
+            else:
+                depth = library_depth(decoded, x, library_size)
+            logged = expected_log_normalized(likelihood, decoded, depth, float(target_sum))
+            parts.append(logged[:, genes].float().cpu().numpy())
+        values = np.concatenate(parts, axis=0)
         return self._frame(adata, indices, values, adata_.var_names[genes], return_numpy)
 
     def get_outputs(
@@ -1056,3 +1130,17 @@ alpha_w, alpha_theta, alpha_library
 
 #: ``write_denoised(model, path, ...)``: :meth:`ZIPO.write_normalized_expression` as a function.
 write_denoised = ZIPO.write_normalized_expression
+
+
+def _gene_indices(adata: AnnData, gene_list: Sequence[str] | str | None) -> np.ndarray:
+    """Column indices of ``gene_list`` (all genes if None), with a clear error for unknown
+    genes.
+    """
+    if gene_list is None:
+        return np.arange(adata.n_vars)
+    if isinstance(gene_list, str):  # one gene, not its letters
+        gene_list = [gene_list]
+    missing = [g for g in gene_list if g not in adata.var_names]
+    if missing:
+        raise ValueError(f"Genes {missing[:5]} not found in adata.var_names.")
+    return adata.var_names.get_indexer(gene_list)

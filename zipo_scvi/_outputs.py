@@ -28,6 +28,7 @@ import torch
 
 from ._components import dense_input
 from ._distributions import Likelihood
+from ._metrics import TARGET_SUM
 
 LibrarySize = float | Literal["latent", "observed"]
 
@@ -47,6 +48,27 @@ def check_library_size(library_size: Any) -> None:
         raise ValueError(
             f"library_size must be a number, 'latent' or 'observed', not {library_size!r}."
         )
+
+
+def library_depth(
+    decoded: Mapping[str, torch.Tensor], x: torch.Tensor, library_size: LibrarySize
+) -> torch.Tensor:
+    """The depth each cell's expression is scaled to, shape ``(cells, 1)`` (see the module
+    docstring): the library subnetwork's ``l``, the observed total or the number given.
+
+    Examples
+    --------
+    >>> d = {"log_mu": torch.zeros(2, 3), "log_library": torch.zeros(2, 1)}
+    >>> library_depth(d, torch.tensor([[2.0, 6.0, 0.0], [1.0, 0.0, 0.0]]), "observed")
+    tensor([[8.],
+            [1.]])
+    """
+    reference = decoded["log_mu"]
+    if library_size == "latent":
+        return decoded["log_library"].exp()
+    if library_size == "observed":
+        return dense_input(x).sum(dim=1, keepdim=True).to(reference)
+    return torch.full((reference.shape[0], 1), float(library_size)).to(reference)
 
 
 def denoised_expression(
@@ -69,12 +91,52 @@ def denoised_expression(
     >>> denoised_expression(d, torch.tensor([[2.0, 6.0]]), "observed")
     tensor([[2., 6.]])
     """
-    if library_size == "latent":
+    if library_size == "latent":  # one exp of the sum (as the likelihood's rate)
         return (decoded["log_library"] + decoded["log_mu"]).exp()
-    if library_size == "observed":
-        totals = dense_input(x).sum(dim=1, keepdim=True).to(decoded["log_mu"].device)
-        return decoded["log_mu"].exp() * totals
-    return decoded["log_mu"].exp() * float(library_size)
+    return decoded["log_mu"].exp() * library_depth(decoded, x, library_size)
+
+
+def expected_log_normalized(
+    likelihood: Likelihood,
+    decoded: Mapping[str, torch.Tensor],
+    depth: torch.Tensor,
+    target_sum: float = TARGET_SUM,
+) -> torch.Tensor:
+    """Expected log-normalised expression ``E[log1p(target_sum * Y / N)]`` of a sample ``Y`` of
+    ``N = depth`` molecules from each cell, ``Y`` drawn from the model's likelihood with the
+    rates ``N mu`` (and the cell's zero inflation and dispersion).
+
+    This is the denoised counterpart of log-normalised counts (``log1p`` of counts per
+    ``target_sum``, scanpy's ``normalize_total`` + ``log1p``): the best prediction, in squared
+    error, of the log-normalised counts of a sample of that depth. ``log1p`` of the denoised
+    rates is not: it overstates genes expected at under one molecule, which such a sample
+    mostly shows as zeros.
+
+    Parameters
+    ----------
+    likelihood
+        The model's likelihood.
+    decoded
+        Decoded outputs (``log_mu``, and ``logit_z`` / ``log_theta`` where it has them).
+    depth
+        ``N`` per cell, shape ``(cells, 1)``; cells with ``N = 0`` get zeros.
+    target_sum
+        Counts per cell after normalisation.
+
+    Examples
+    --------
+    >>> from zipo_scvi._distributions import get_likelihood
+    >>> d = {"log_mu": torch.log(torch.tensor([[0.001, 0.999]]))}
+    >>> expected_log_normalized(get_likelihood("poisson"), d, torch.tensor([[100.0]]))
+    tensor([[0.4425, 9.2044]])
+
+    ``log1p`` of the rates would give ``log1p(10) = 2.40`` to the first gene, which a sample of
+    100 molecules shows once in about ten cells (``log1p(100) = 4.62``) and otherwise as zero.
+    """
+    depth = depth.to(decoded["log_mu"])
+    heads = {**decoded, "log_rate": decoded["log_mu"] + depth.clamp_min(1e-30).log()}
+    scale = target_sum / depth.clamp_min(1e-30)
+    return likelihood.expected_log1p(heads, scale) * (depth > 0)
 
 
 #: ``compute(likelihood, decoded, x, library_size)`` -> one minibatch of an output.
