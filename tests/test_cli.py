@@ -275,6 +275,30 @@ def test_backed_matches_in_memory_and_switches_on_for_big_inputs(
     assert anndata.read_h5ad(auto).uns["zipo"]["input"].endswith("(backed)")
 
 
+def test_log_normalized_layer_in_memory_backed_and_from_a_saved_model(tmp_path, counts, config):
+    src, _ = write_input(counts, "h5ad", tmp_path)
+    first, model_dir = tmp_path / "first.h5ad", tmp_path / "m"
+    cmd = ["denoise", str(src), "--config", str(config), "--quiet"]
+    assert main([*cmd, "-o", str(first), "--log-normalized", "--save-model", str(model_dir)]) == 0
+    a = anndata.read_h5ad(first)
+    assert a.uns["zipo"]["settings"]["run"]["log_normalized"] is True
+    logged = a.layers["zipo_log_normalized"]
+    assert logged.shape == counts.shape and np.isfinite(logged).all() and (logged >= 0).all()
+    # at each cell's own depth, below log1p of the denoised counts per 10,000
+    per_10k = a.layers["zipo_denoised"] / a.obs["zipo_observed_library"].to_numpy()[:, None]
+    assert (logged <= np.log1p(1e4 * per_10k) + 1e-4).all()
+    # the saved model gives the same layer, in memory or streamed to disk
+    for extra in ([], ["--backed"]):
+        out = tmp_path / f"again{len(extra)}.h5ad"
+        again = ["denoise", str(src), "--model", str(model_dir), "-o", str(out), "--quiet"]
+        assert main([*again, "--log-normalized", *extra]) == 0
+        b = anndata.read_h5ad(out)
+        np.testing.assert_allclose(b.layers["zipo_log_normalized"], logged, rtol=1e-4, atol=1e-5)
+    plain = tmp_path / "plain.h5ad"  # not written unless asked for
+    assert main(["denoise", str(src), "--model", str(model_dir), "-o", str(plain), "--quiet"]) == 0
+    assert "zipo_log_normalized" not in anndata.read_h5ad(plain).layers
+
+
 def _bad_case(tmp_path, case, counts, config):
     src, _ = write_input(counts, "h5ad", tmp_path)
     out = tmp_path / "out.h5ad"

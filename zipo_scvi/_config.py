@@ -4,8 +4,8 @@ A settings file holds, at the top level or in the tables ``[setup]``, ``[model]`
 and ``[run]``, the arguments of :meth:`ZIPO.setup_anndata <zipo_scvi.ZIPO.setup_anndata>`, the
 module hyperparameters of :mod:`zipo_scvi._defaults` (plus ``preset``), the arguments of
 :meth:`ZIPO.train <zipo_scvi.ZIPO.train>` (plus the preset's schedule and stopping settings), and
-the command line's own ``threads``, ``transpose``, ``backed``, ``transform_batch`` and
-``label_key``; ``zipo tune`` also reads a
+the command line's own ``threads``, ``transpose``, ``backed``, ``transform_batch``,
+``label_key`` and ``log_normalized``; ``zipo tune`` also reads a
 ``[search]`` table (``name = [kind, ...]``, see :func:`zipo_scvi.tune`). Precedence: preset <
 file < flags.
 """
@@ -38,6 +38,7 @@ RUN_TYPES: dict[str, Any] = {
     "backed": bool,
     "transform_batch": str,  # decode every cell as if from this batch (zipo denoise)
     "label_key": str,  # obs column the report's UMAP is also coloured by
+    "log_normalized": bool,  # also write layers["zipo_log_normalized"] (zipo denoise)
 }
 
 #: Command-line default seed (a run must be repeatable from its settings file).

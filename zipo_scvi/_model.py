@@ -38,8 +38,9 @@ from ._defaults import preset as get_preset
 from ._metrics import TARGET_SUM
 from ._module import ZiPoModule
 from ._outputs import (
+    DEFAULT_FILE_OUTPUTS,
+    DEFAULT_LAYERS,
     OUTPUT_BY_KEY,
-    OUTPUT_LAYERS,
     PARAMETERS,
     LibrarySize,
     check_library_size,
@@ -875,6 +876,7 @@ alpha_w, alpha_theta, alpha_library
         library_size: LibrarySize = "observed",
         batch_size: int | None = None,
         transform_batch: str | None = None,
+        log_normalized: bool = False,
     ) -> dict[str, np.ndarray]:
         """Every output written to files, in one pass over the data (what ``zipo denoise`` adds).
 
@@ -887,6 +889,9 @@ alpha_w, alpha_theta, alpha_library
         transform_batch
             Decode every cell as if it came from this batch (as in
             :meth:`get_normalized_expression`).
+        log_normalized
+            Add ``zipo_log_normalized``: :meth:`get_log_normalized_expression` at the depth
+            ``library_size`` gives (``"observed"``: each cell's own).
 
         Returns
         -------
@@ -902,8 +907,11 @@ alpha_w, alpha_theta, alpha_library
         ['X_zipo', 'zipo_denoised', 'zipo_observed_library', 'zipo_predicted_library',
          'zipo_zero_prob']
         """
+        keys = None
+        if log_normalized:
+            keys = [out.key for out in (*DEFAULT_FILE_OUTPUTS, OUTPUT_BY_KEY["log_normalized"])]
         values = self._collect_outputs(
-            None, adata, None, batch_size, library_size, transform_batch
+            keys, adata, None, batch_size, library_size, transform_batch
         )
         return {OUTPUT_BY_KEY[key].name: value for key, value in values.items()}
 
@@ -912,7 +920,7 @@ alpha_w, alpha_theta, alpha_library
         path: str | os.PathLike,
         adata: AnnData | BackedCollection | None = None,
         library_size: float | Literal["latent", "observed"] = "observed",
-        layers: Sequence[str] = OUTPUT_LAYERS,
+        layers: Sequence[str] = DEFAULT_LAYERS,
         latent_key: str | None = "X_zipo",
         library_key: str | None = "zipo_predicted_library",
         observed_key: str | None = "zipo_observed_library",
@@ -945,9 +953,11 @@ alpha_w, alpha_theta, alpha_library
             ``"latent"`` (rates ``l * mu``), ``"observed"`` (``mu`` times the observed total)
             or a number (``mu`` scaled to it).
         layers
-            Which of ``"zipo_denoised"``, ``"zipo_zero_prob"``, ``"zipo_dispersion"`` to write
-            (those the likelihood does not have are skipped: ``zero_prob`` exists only for ZIP
-            and ZINB, ``dispersion`` only for NB and ZINB).
+            Which of ``"zipo_denoised"``, ``"zipo_zero_prob"``, ``"zipo_dispersion"`` and
+            ``"zipo_log_normalized"`` (:meth:`get_log_normalized_expression` at the depth
+            ``library_size`` gives; not written by default) to write. Those the likelihood does
+            not have are skipped: ``zero_prob`` exists only for ZIP and ZINB, ``dispersion``
+            only for NB and ZINB.
         latent_key, library_key, observed_key
             ``obsm`` key of the latents, ``obs`` columns of the predicted library ``l`` and of
             the observed total count (``None``: skip).

@@ -162,6 +162,8 @@ class Output:
     head
         The :class:`~zipo_scvi._distributions.Likelihood` flag it needs (``"zero_inflated"``,
         ``"dispersion"``), or ``None``: every likelihood has it.
+    by_default
+        Written to files unless asked otherwise (``False``: only when asked for).
     """
 
     key: str
@@ -170,6 +172,7 @@ class Output:
     slot: Literal["layers", "obsm", "obs"] | None = None
     tsv: str | None = None
     head: Literal["zero_inflated", "dispersion"] | None = None
+    by_default: bool = True
 
     def available(self, likelihood: Likelihood) -> bool:
         """Whether a model with this likelihood has the output."""
@@ -200,6 +203,13 @@ OUTPUTS: tuple[Output, ...] = (
         "dispersion.tsv",
         "dispersion",
     ),
+    Output(  # log-normalised expression a sample of the cell's depth shows, noise averaged
+        "log_normalized",
+        lambda lik, d, x, size: expected_log_normalized(lik, d, library_depth(d, x, size)),
+        "zipo_log_normalized",
+        "layers",
+        by_default=False,
+    ),
     Output("latent", lambda lik, d, x, size: d["z"], "X_zipo", "obsm", "latent.tsv"),
     Output(  # the library subnetwork's l (not the total count the likelihood may use)
         "library",
@@ -219,17 +229,23 @@ OUTPUTS: tuple[Output, ...] = (
 OUTPUT_BY_KEY: Mapping[str, Output] = {out.key: out for out in OUTPUTS}
 #: What :meth:`ZIPO.get_likelihood_parameters` returns (those the likelihood has).
 PARAMETERS = ("rate", "mean", "library", "zero_prob", "dispersion")
-#: The outputs written to files (AnnData keys), in the order they are written.
+#: The outputs that can be written to files (AnnData keys), in the order they are written.
 FILE_OUTPUTS: tuple[Output, ...] = tuple(out for out in OUTPUTS if out.name is not None)
+#: Those written unless others are asked for.
+DEFAULT_FILE_OUTPUTS: tuple[Output, ...] = tuple(out for out in FILE_OUTPUTS if out.by_default)
 #: Layer names a caller may choose from when writing.
 OUTPUT_LAYERS: tuple[str, ...] = tuple(o.name for o in FILE_OUTPUTS if o.slot == "layers")
+#: The layers written by default.
+DEFAULT_LAYERS: tuple[str, ...] = tuple(o.name for o in DEFAULT_FILE_OUTPUTS if o.slot == "layers")
 
 
 def outputs_for(
     likelihood: Likelihood, keys: tuple[str, ...] | list[str] | None = None
 ) -> list[Output]:
-    """The outputs among ``keys`` (default: those written to files) the likelihood has."""
-    chosen = FILE_OUTPUTS if keys is None else [OUTPUT_BY_KEY[k] for k in keys]
+    """The outputs among ``keys`` (default: those written to files by default) the likelihood
+    has.
+    """
+    chosen = DEFAULT_FILE_OUTPUTS if keys is None else [OUTPUT_BY_KEY[k] for k in keys]
     return [out for out in chosen if out.available(likelihood)]
 
 

@@ -118,6 +118,7 @@ def _flag_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "backed": getattr(args, "backed", None),
             "transform_batch": getattr(args, "transform_batch", None),
             "label_key": getattr(args, "label_key", None),
+            "log_normalized": getattr(args, "log_normalized", None),
         },
         "setup": {
             "layer": args.layer,
@@ -384,6 +385,14 @@ _TRAINING_FLAGS = (
 )
 
 
+def _layers(log_normalized: bool) -> tuple[str, ...]:
+    """The layers a backed run writes: the default ones, plus the log-normalised one if asked."""
+    from ._outputs import DEFAULT_LAYERS, OUTPUT_BY_KEY
+
+    extra = (OUTPUT_BY_KEY["log_normalized"].name,) if log_normalized else ()
+    return (*DEFAULT_LAYERS, *extra)
+
+
 def _check_batch_outputs(adata, settings: dict) -> tuple[str | None, str | None]:
     """``--transform-batch`` needs ``--batch-key``; ``--label-key`` must be an obs column."""
     run, batch_key = settings["run"], settings["setup"].get("batch_key")
@@ -474,9 +483,13 @@ def _denoise(args: argparse.Namespace) -> int:
         f"command: {_command(args)}",
         f"input: {source}",
     ]
+    log_normalized = bool(settings["run"].get("log_normalized"))
     if backed:  # outputs streamed to the file block by block, never whole in memory
         model.write_normalized_expression(
-            str(out), uns={"zipo": uns}, transform_batch=transform_batch
+            str(out),
+            uns={"zipo": uns},
+            transform_batch=transform_batch,
+            layers=_layers(log_normalized),
         )
         write_text_atomic(dump_toml(settings, header), paths["--output (settings)"])
         _say(args, f"trained {epochs} epochs; wrote {', '.join(map(str, paths.values()))}")
@@ -484,7 +497,14 @@ def _denoise(args: argparse.Namespace) -> int:
     # layers["zipo_denoised"] is mu times each cell's observed total (obs["zipo_observed_library"],
     # the denoised value the benchmarks score best); obs["zipo_predicted_library"] is the library
     # subnetwork's l. Only the layers the likelihood has are written (no zero_prob for Poisson/NB).
-    store(adata, model.get_outputs(library_size="observed", transform_batch=transform_batch))
+    store(
+        adata,
+        model.get_outputs(
+            library_size="observed",
+            transform_batch=transform_batch,
+            log_normalized=log_normalized,
+        ),
+    )
     adata.uns["zipo"] = uns
     _write_outputs(adata, paths, settings["setup"], label_key)
     write_text_atomic(dump_toml(settings, header), paths["--output (settings)"])
@@ -556,12 +576,21 @@ def _apply_model(args: argparse.Namespace, adata, source: str, paths, backed: bo
         "command": _command(args),
         "version": __version__,
     }
+    log_normalized = bool(args.log_normalized)
     if backed:
         model.write_normalized_expression(
-            str(paths["--output"]), uns={"zipo": uns}, transform_batch=transform_batch
+            str(paths["--output"]),
+            uns={"zipo": uns},
+            transform_batch=transform_batch,
+            layers=_layers(log_normalized),
         )
     else:
-        store(adata, model.get_outputs(library_size="observed", transform_batch=transform_batch))
+        outputs = model.get_outputs(
+            library_size="observed",
+            transform_batch=transform_batch,
+            log_normalized=log_normalized,
+        )
+        store(adata, outputs)
         adata.uns["zipo"] = uns
         _write_outputs(adata, paths, setup, label_key)
     _say(args, f"applied the model (no training); wrote {', '.join(map(str, paths.values()))}")
@@ -847,6 +876,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--transform-batch",
         metavar="NAME",
         help="denoise every cell as if it came from batch NAME (needs --batch-key)",
+    )
+    d.add_argument(
+        "--log-normalized",
+        action="store_true",
+        default=None,
+        help='also write layers["zipo_log_normalized"]: the log-normalised expression (log1p of '
+        "counts per 10,000) a sample of each cell's depth is expected to show, sampling noise "
+        "averaged out; compare it with log-normalised data rather than log1p of zipo_denoised",
     )
     d.add_argument(
         "--label-key",
