@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import Callback
 
 from zipo_scvi import ZIPO
 from zipo_scvi._defaults import preset
-from zipo_scvi._training import RestoreBest, ZiPoTrainingPlan
+from zipo_scvi._training import RestoreBest, TrainingReport, ZiPoTrainingPlan
 
 from .conftest import TINY
 
@@ -175,6 +175,10 @@ def test_ema_monitor_raw_trains_as_without_averaging_and_keeps_the_best_average(
     assert restorer.monitor == "validation_loss_average"
     best = int(averaged.argmin())
     assert restorer.best_epoch == best + 1
+    # the end-of-training summary says which weights are kept, and their loss
+    (report,) = [c for c in model.trainer.callbacks if isinstance(c, TrainingReport)]
+    assert f"the model keeps the averaged weights of epoch {best + 1}, whose" in report.summary
+    assert f"was {averaged[best]:.6g}" in report.summary
     n_steps, state = record.validated[best]
     expected = _average(record.start, record.steps[:n_steps], 0.8)
     for got, kept, want in zip(_floats(model.module), state, expected, strict=True):

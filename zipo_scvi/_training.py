@@ -619,7 +619,13 @@ class TrainingReport(Callback):
             restorer = next((c for c in trainer.callbacks if isinstance(c, RestoreBest)), None)
             keep = epochs if restorer is None else (restorer.best_epoch or i + 1)
             kept = ""
-            if i + 1 != epochs or keep != epochs:
+            averaged = restorer is not None and restorer.monitor != self.monitor
+            if averaged and restorer.best_epoch is not None:
+                kept = (
+                    f" (current weights); the model keeps the averaged weights of epoch {keep},"
+                    f" whose {name} was {restorer.best:.6g}"
+                )
+            elif i + 1 != epochs or keep != epochs:
                 kept = f"; the model keeps epoch {keep}'s weights"
             best = f" Best {name}: {values[i]:.6g} at epoch {i + 1}{kept}. The {name} is the "
             best += f"{meaning}."
