@@ -263,8 +263,8 @@ def glance(out: Path) -> str:
     ok = rows[rows["error"].isna()] if "error" in rows else rows
     lines = [
         "| data shape | cells x genes | ZIPO held-out Poisson | best peer | ZIPO vs best peer "
-        "| seeds |",
-        "|---|---|---|---|---|---|",
+        "| ZIPO MSE scaled, expected log | seeds |",
+        "|---|---|---|---|---|---|---|",
     ]
     for point, sub in ok.groupby("point", sort=False):
         mean = sub.groupby("method", sort=False)["poisson"].mean()
@@ -273,16 +273,22 @@ def glance(out: Path) -> str:
             continue
         best = peers.idxmin()
         seeds = int((sub["method"] == "ZIPO").sum())
+        zipo = sub[sub["method"] == "ZIPO"]
+        logged = zipo["mse_log_scaled"].dropna() if "mse_log_scaled" in zipo else zipo["seed"][:0]
+        mse = f"{logged.mean():.3f}" + (f" ({len(logged)} seeds)" if len(logged) < seeds else "")
         lines.append(
             f"| {point} | {sub['shape'].iloc[0]} | {mean['ZIPO']:.5f} | {best} "
-            f"{peers[best]:.5f} | {100 * _relative(mean['ZIPO'], peers[best]):+.2f}% | {seeds} |"
+            f"{peers[best]:.5f} | {100 * _relative(mean['ZIPO'], peers[best]):+.2f}% "
+            f"| {mse if len(logged) else ''} | {seeds} |"
         )
     machine = meta.get("machine", {})
     lines += [
         "",
         "Points: a real 10x set cut to its 500 or 2,000 most variable genes (`seurat_v3`) or all "
         "detected genes, at full depth or thinned to a quarter (`d0.25`), and a simulation "
-        "without dropout. Peers run: "
+        "without dropout. MSE scaled, expected log: openproblems' MSE score (raw counts = 0, "
+        "the held-out counts themselves = 1) of the log-normalised expression ZIPO predicts at "
+        "the held-out depth (`get_log_normalized_expression`). Peers run: "
         + ", ".join(sorted(filter(_is_peer, set(ok["method"]))))
         + ". "
         f"{meta.get('date', '')}, {machine.get('cpu', '')} ({machine.get('cores', '')} cores); "
