@@ -274,8 +274,9 @@ def glance(out: Path) -> str:
         best = peers.idxmin()
         seeds = int((sub["method"] == "ZIPO").sum())
         zipo = sub[sub["method"] == "ZIPO"]
-        logged = zipo["mse_log_scaled"].dropna() if "mse_log_scaled" in zipo else zipo["seed"][:0]
-        mse = f"{logged.mean():.3f}" + (f" ({len(logged)} seeds)" if len(logged) < seeds else "")
+        logged = zipo.get("mse_log_scaled", pd.Series(dtype=float)).dropna()
+        short = f" ({len(logged)} seed{'s' * (len(logged) != 1)})" if len(logged) < seeds else ""
+        mse = f"{logged.mean():.3f}{short}"
         lines.append(
             f"| {point} | {sub['shape'].iloc[0]} | {mean['ZIPO']:.5f} | {best} "
             f"{peers[best]:.5f} | {100 * _relative(mean['ZIPO'], peers[best]):+.2f}% "

@@ -200,8 +200,13 @@ def test_grid_margin_is_negative_when_zipo_has_the_lower_loss_also_below_zero(tm
     rows.to_csv(tmp_path / "rows.csv", index=False)
     (tmp_path / "meta.json").write_text(json.dumps({"date": "d", "machine": {}}))
     text = glance(tmp_path)
-    assert "| p | 10 x 5 | -0.12500 | scVI Poisson -0.12300 | -1.63% | 1 |" in text
+    assert "| p | 10 x 5 | -0.12500 | scVI Poisson -0.12300 | -1.63% |  | 1 |" in text
     assert "Peers run: scVI Poisson." in text
+    # ZIPO's expected-log MSE score, with the seeds it has when fewer than the Poisson's
+    two = pd.concat([rows, rows.assign(seed=1)], ignore_index=True)
+    two["mse_log_scaled"] = [0.7, 0.1, 0.0, float("nan"), 0.2, 0.0]
+    two.to_csv(tmp_path / "rows.csv", index=False)
+    assert "| -1.63% | 0.700 (1 seed) | 2 |" in glance(tmp_path)
 
 
 def test_resume_with_rerun_runs_again_only_the_seeds_asked_for(tmp_path, monkeypatch):
