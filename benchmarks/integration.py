@@ -454,6 +454,14 @@ def _mcv_vs_no_batch(mean: pd.DataFrame, data: str, method: str) -> float | None
     return mean.loc[(data, method)]["mcv_poisson"] / mean.loc[reference]["mcv_poisson"] - 1
 
 
+def _restarted(z: pd.Series, s: pd.Series, metric: str) -> str:
+    """The same score with the best of 10 k-means starts, where both rows have it."""
+    key = f"{metric}_k10"
+    if pd.isna(z.get(key)) or pd.isna(s.get(key)):
+        return ""
+    return f"; best of 10 k-means starts: {z[key]:.3f} vs {s[key]:.3f}"
+
+
 def goals(rows: pd.DataFrame) -> list[str]:
     """One line per data set: the issue's goals for ``ZIPO (batch)`` and whether they hold."""
     mean = rows.groupby(["dataset", "method"], sort=False).mean(numeric_only=True)
@@ -473,12 +481,12 @@ def goals(rows: pd.DataFrame) -> list[str]:
             (
                 "ARI >= scVI's - 0.02",
                 z["ari"] >= s["ari"] - 0.02,
-                f"{z['ari']:.3f} vs {s['ari']:.3f}",
+                f"{z['ari']:.3f} vs {s['ari']:.3f}" + _restarted(z, s, "ari"),
             ),
             (
                 "NMI >= scVI's - 0.02",
                 z["nmi"] >= s["nmi"] - 0.02,
-                f"{z['nmi']:.3f} vs {s['nmi']:.3f}",
+                f"{z['nmi']:.3f} vs {s['nmi']:.3f}" + _restarted(z, s, "nmi"),
             ),
         ]
         if pd.notna(z.get("r_ratio")):
