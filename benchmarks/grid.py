@@ -190,7 +190,8 @@ def report(out: Path) -> str:
         "MSE scaled, expected log: the same MSE score for the log-normalised expression each"
         " method's rates predict at the held-out depth (`zipo_scvi._metrics.mcv_log_mse`)"
         " instead of `log1p` of the rates, which overstates genes expected at under one"
-        " molecule; blank for rows run before it was added.",
+        " molecule; the `none` row shows what that step alone gives to the raw counts (taken"
+        " as rates); blank for rows run before it was added.",
         "",
         "| grid point | shape | method | "
         + " | ".join(COLUMNS[m] for m in metrics)
