@@ -622,8 +622,8 @@ class TrainingReport(Callback):
             averaged = restorer is not None and restorer.monitor != self.monitor
             if averaged and restorer.best_epoch is not None:
                 kept = (
-                    f" (current weights); the model keeps the averaged weights of epoch {keep},"
-                    f" whose {name} was {restorer.best:.6g}"
+                    " (the weights as trained); the model keeps the averaged weights of epoch"
+                    f" {keep}, whose {name} was {restorer.best:.6g}"
                 )
             elif i + 1 != epochs or keep != epochs:
                 kept = f"; the model keeps epoch {keep}'s weights"
