@@ -177,7 +177,7 @@ def report(out: Path) -> str:
     """The grid table (one line per point and method) and the margin figure."""
     rows = pd.read_csv(out / "rows.csv")
     meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
-    ok = rows[rows["error"].isna()] if "error" in rows else rows
+    ok = _in_grid_order(rows[rows["error"].isna()] if "error" in rows else rows)
     metrics = [m for m in COLUMNS if m in ok]
     lines = [
         "Held-out Poisson (MCV, lower is better) and the openproblems scaled scores (`none` = 0,"
@@ -241,6 +241,12 @@ def report(out: Path) -> str:
     return "\n".join(lines)
 
 
+def _in_grid_order(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows sorted by their point's place in :data:`GRID` (others last), otherwise as they are."""
+    order = {point.name: i for i, point in enumerate(GRID)}
+    return rows.sort_values("point", key=lambda p: p.map(order).fillna(len(order)), kind="stable")
+
+
 def _is_peer(method: str) -> bool:
     """A peer is any method but ZIPO (its default and study rows) and ``none``."""
     return not method.startswith(("ZIPO", "none"))
@@ -261,7 +267,7 @@ def glance(out: Path) -> str:
     """The README block: ZIPO against the best peer at each grid point, and the figure."""
     rows = pd.read_csv(out / "rows.csv")
     meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
-    ok = rows[rows["error"].isna()] if "error" in rows else rows
+    ok = _in_grid_order(rows[rows["error"].isna()] if "error" in rows else rows)
     lines = [
         "| data shape | cells x genes | ZIPO held-out Poisson | best peer | ZIPO vs best peer "
         "| ZIPO MSE scaled, expected log | seeds |",
