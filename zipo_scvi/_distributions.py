@@ -329,6 +329,48 @@ LIKELIHOODS: dict[str, Likelihood] = {
 }
 
 
+def expected_log_normalized(
+    likelihood: Likelihood,
+    decoded: Mapping[str, torch.Tensor],
+    depth: torch.Tensor,
+    target_sum: float,
+) -> torch.Tensor:
+    """Expected log-normalised expression ``E[log1p(target_sum * Y / N)]`` of a sample ``Y`` of
+    ``N = depth`` molecules from each cell, ``Y`` drawn from the model's likelihood with the
+    rates ``N mu`` (and the cell's zero inflation and dispersion).
+
+    This is the denoised counterpart of log-normalised counts (``log1p`` of counts per
+    ``target_sum``, scanpy's ``normalize_total`` + ``log1p``): the best prediction, in squared
+    error, of the log-normalised counts of a sample of that depth. ``log1p`` of the denoised
+    rates is not: it overstates genes expected at under one molecule, which such a sample
+    mostly shows as zeros.
+
+    Parameters
+    ----------
+    likelihood
+        The model's likelihood.
+    decoded
+        Decoded outputs (``log_mu``, and ``logit_z`` / ``log_theta`` where it has them).
+    depth
+        ``N`` per cell, shape ``(cells, 1)``; cells with ``N = 0`` get zeros.
+    target_sum
+        Counts per cell after normalisation.
+
+    Examples
+    --------
+    >>> d = {"log_mu": torch.log(torch.tensor([[0.001, 0.999]]))}
+    >>> expected_log_normalized(get_likelihood("poisson"), d, torch.tensor([[100.0]]), 1e4)
+    tensor([[0.4425, 9.2044]])
+
+    ``log1p`` of the rates would give ``log1p(10) = 2.40`` to the first gene, which a sample of
+    100 molecules shows once in about ten cells (``log1p(100) = 4.62``) and otherwise as zero.
+    """
+    depth = depth.to(decoded["log_mu"])
+    heads = {**decoded, "log_rate": decoded["log_mu"] + depth.clamp_min(1e-30).log()}
+    scale = target_sum / depth.clamp_min(1e-30)
+    return likelihood.expected_log1p(heads, scale) * (depth > 0)
+
+
 def get_likelihood(name: str) -> Likelihood:
     """Look up a likelihood by name, with a clear error for an unknown one."""
     try:

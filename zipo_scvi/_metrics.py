@@ -269,7 +269,7 @@ def mcv_log_mse(
     >>> mcv_log_mse(rate, x, y) < log_normalised_mse(rate, y)
     True
     """
-    from ._distributions import get_likelihood
+    from ._distributions import expected_log_normalized, get_likelihood
 
     d, x, y = _dense(denoised), _dense(kept), _dense(held_out)
     if not d.shape == x.shape == y.shape:
@@ -284,13 +284,10 @@ def mcv_log_mse(
         rows = slice(start, start + chunk)
         dd = torch.as_tensor(d[rows], dtype=torch.float64).clamp_min(0.0)
         sums = dd.sum(dim=1, keepdim=True)
+        # log shares; -inf where a share (or a whole row) is 0: expectation 0
+        log_mu = torch.log(dd / torch.where(sums > 0, sums, torch.ones_like(sums)))
         n = torch.as_tensor(depth[rows], dtype=torch.float64)
-        ok = (sums > 0) & (n > 0)
-        shares = dd / torch.where(sums > 0, sums, torch.ones_like(sums))
-        log_rate = torch.log(shares * n)  # -inf where a share is 0: expectation 0
-        safe_n = torch.where(ok, n, torch.ones_like(n))
-        expected = poisson.expected_log1p({"log_rate": log_rate}, target_sum / safe_n)
-        expected = expected * ok
+        expected = expected_log_normalized(poisson, {"log_mu": log_mu}, n, target_sum)
         truth = log_normalise(y[rows], target_sum)
         squared += float(((expected.numpy() - truth) ** 2).sum())
     return squared / d.size

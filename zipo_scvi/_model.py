@@ -35,6 +35,7 @@ from ._checks import (
 )
 from ._defaults import MOLECULE_SPLIT, TRAIN_PLAN_KEYS
 from ._defaults import preset as get_preset
+from ._distributions import expected_log_normalized
 from ._metrics import TARGET_SUM
 from ._module import ZiPoModule
 from ._outputs import (
@@ -45,7 +46,6 @@ from ._outputs import (
     LibrarySize,
     check_library_size,
     compute_outputs,
-    expected_log_normalized,
     layer_output,
     library_depth,
     outputs_for,

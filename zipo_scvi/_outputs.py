@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ._components import dense_input
-from ._distributions import Likelihood
+from ._distributions import Likelihood, expected_log_normalized
 from ._metrics import TARGET_SUM
 
 LibrarySize = float | Literal["latent", "observed"]
@@ -96,49 +96,6 @@ def denoised_expression(
     return decoded["log_mu"].exp() * library_depth(decoded, x, library_size)
 
 
-def expected_log_normalized(
-    likelihood: Likelihood,
-    decoded: Mapping[str, torch.Tensor],
-    depth: torch.Tensor,
-    target_sum: float = TARGET_SUM,
-) -> torch.Tensor:
-    """Expected log-normalised expression ``E[log1p(target_sum * Y / N)]`` of a sample ``Y`` of
-    ``N = depth`` molecules from each cell, ``Y`` drawn from the model's likelihood with the
-    rates ``N mu`` (and the cell's zero inflation and dispersion).
-
-    This is the denoised counterpart of log-normalised counts (``log1p`` of counts per
-    ``target_sum``, scanpy's ``normalize_total`` + ``log1p``): the best prediction, in squared
-    error, of the log-normalised counts of a sample of that depth. ``log1p`` of the denoised
-    rates is not: it overstates genes expected at under one molecule, which such a sample
-    mostly shows as zeros.
-
-    Parameters
-    ----------
-    likelihood
-        The model's likelihood.
-    decoded
-        Decoded outputs (``log_mu``, and ``logit_z`` / ``log_theta`` where it has them).
-    depth
-        ``N`` per cell, shape ``(cells, 1)``; cells with ``N = 0`` get zeros.
-    target_sum
-        Counts per cell after normalisation.
-
-    Examples
-    --------
-    >>> from zipo_scvi._distributions import get_likelihood
-    >>> d = {"log_mu": torch.log(torch.tensor([[0.001, 0.999]]))}
-    >>> expected_log_normalized(get_likelihood("poisson"), d, torch.tensor([[100.0]]))
-    tensor([[0.4425, 9.2044]])
-
-    ``log1p`` of the rates would give ``log1p(10) = 2.40`` to the first gene, which a sample of
-    100 molecules shows once in about ten cells (``log1p(100) = 4.62``) and otherwise as zero.
-    """
-    depth = depth.to(decoded["log_mu"])
-    heads = {**decoded, "log_rate": decoded["log_mu"] + depth.clamp_min(1e-30).log()}
-    scale = target_sum / depth.clamp_min(1e-30)
-    return likelihood.expected_log1p(heads, scale) * (depth > 0)
-
-
 #: ``compute(likelihood, decoded, x, library_size)`` -> one minibatch of an output.
 Compute = Callable[[Likelihood, Mapping[str, torch.Tensor], torch.Tensor, Any], torch.Tensor]
 
@@ -205,7 +162,9 @@ OUTPUTS: tuple[Output, ...] = (
     ),
     Output(  # log-normalised expression a sample of the cell's depth shows, noise averaged
         "log_normalized",
-        lambda lik, d, x, size: expected_log_normalized(lik, d, library_depth(d, x, size)),
+        lambda lik, d, x, size: expected_log_normalized(
+            lik, d, library_depth(d, x, size), TARGET_SUM
+        ),
         "zipo_log_normalized",
         "layers",
         by_default=False,
