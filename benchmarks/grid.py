@@ -6,6 +6,12 @@ Usage (from the repository root)::
     python benchmarks/grid.py                          # every grid point, seeds 0 1 2
     python benchmarks/grid.py --points pbmc3k-500 --seeds 0 --only ZIPO "scVI Poisson"
     python benchmarks/grid.py --report-only            # table + figure from saved rows
+    python benchmarks/grid.py --rebuild --points brain10k-500   # rows.csv from the part file
+
+Every run's rows are kept in the point's part file ``rows_<point>.csv`` (what ``--resume``
+reads); ``rows.csv`` adds the scaled scores, which need the point's data, and ``--rebuild``
+makes it again from the part files without running anything. Rows that exist only in
+``rows.csv`` are lost by a rebuild: keep every row in its part file.
 
 Each grid point is a real data set of the project (or the simulator) cut to a gene panel
 (highly variable genes, ``seurat_v3`` on counts; ``all`` keeps every detected gene), optionally
@@ -319,6 +325,15 @@ def _figure(margins: list[tuple[str, float, str]], path: Path) -> None:
         ax.set_xlabel("ZIPO held-out Poisson vs best peer (%)\n< 0: ZIPO better")
 
 
+def _replace_point(rows_path: Path, point: str, frame: pd.DataFrame) -> None:
+    """Put ``frame`` in place of ``point``'s rows in ``rows_path``, read just before writing
+    so that a run on another point that finished meanwhile keeps its rows."""
+    old = pd.read_csv(rows_path) if rows_path.exists() else pd.DataFrame()
+    if len(old):
+        old = old[old["point"] != point]
+    pd.concat([old, frame], ignore_index=True).to_csv(rows_path, index=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", nargs="+", help="grid point names (default: all)")
@@ -330,38 +345,45 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="keep finished rows")
     parser.add_argument("--rerun", nargs="+", help="with --resume: row labels to run again")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="score the points' part files (rows_<point>.csv) again into rows.csv; no runs",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         methods = parse_methods(args.method, args.only and [*args.only, CONTROL])
         points = [p for p in GRID if not args.points or p.name in args.points]
-        rows_path = out / "rows.csv"
-        old = pd.read_csv(rows_path) if rows_path.exists() else pd.DataFrame()
         for point in points:
+            part = out / f"rows_{point.name}.csv"
+            if args.rebuild and not part.exists():
+                continue
             adata, desc = load_point(point)
             print(f"{point.name}: {desc}", flush=True)
-            part = out / f"rows_{point.name}.csv"
-            rows = evaluate(
-                adata,
-                point.name,
-                methods,
-                args.seeds,
-                None,
-                print,
-                args.timeout,
-                1,
-                part,
-                resume=args.resume,
-                rerun=args.rerun,
-            )
-            frame = add_scaled(pd.DataFrame(rows), controls(adata, args.seeds))
+            if args.rebuild:
+                rows = pd.read_csv(part).to_dict("records")
+            else:
+                rows = evaluate(
+                    adata,
+                    point.name,
+                    methods,
+                    args.seeds,
+                    None,
+                    print,
+                    args.timeout,
+                    1,
+                    part,
+                    resume=args.resume,
+                    rerun=args.rerun,
+                )
+            seeds = sorted({int(row["seed"]) for row in rows})
+            frame = add_scaled(pd.DataFrame(rows), controls(adata, seeds))
             frame.insert(0, "point", point.name)
             frame.insert(1, "shape", f"{adata.n_obs} x {adata.n_vars}")
-            if len(old):
-                old = old[old["point"] != point.name]
-            old = pd.concat([old, frame], ignore_index=True)
-            old.to_csv(rows_path, index=False)
+            _replace_point(out / "rows.csv", point.name, frame)
+    if not args.report_only and not args.rebuild:  # a rebuild keeps the runs' command
         meta = {
             "command": "python benchmarks/grid.py " + " ".join(argv or sys.argv[1:]),
             "date": dt.date.today().isoformat(),

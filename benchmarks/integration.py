@@ -14,12 +14,14 @@ Data sets with a known technical difference between two samples:
 
 Every method sees the training part of a molecular cross-validation split (90% of each cell's
 molecules) and the sample column. Scores: scib-metrics' batch mixing (iLISI, kBET acceptance,
-graph connectivity, silhouette batch) and bio conservation (k-means ARI/NMI, cLISI, isolated
-labels) on each latent space, the share of a cell's 15 nearest neighbours from its own sample
-(0.5 = mixed), the Poisson loss of the denoised counts on the held-out molecules (MCV), and
-``r_ratio``: the Pearson correlation over genes between ``log(B/A)`` of the mean denoised
-expression of B and A cells after ``transform_batch="A"`` and the true log factor (0: the
-distortion is removed; ``r_ratio_before``: the same without ``transform_batch``).
+graph connectivity, silhouette batch) and bio conservation (ARI/NMI of Leiden clusters at the
+resolution scib-metrics' search finds, as in Luecken et al. 2022, and of its single-start
+k-means; cLISI, isolated labels) on each latent space, the share of a cell's 15 nearest
+neighbours from its own sample (0.5 = mixed), the Poisson loss of the denoised counts on the
+held-out molecules (MCV), and ``r_ratio``: the Pearson correlation over genes between
+``log(B/A)`` of the mean denoised expression of B and A cells after ``transform_batch="A"`` and
+the true log factor (0: the distortion is removed; ``r_ratio_before``: the same without
+``transform_batch``).
 
 Methods: ZIPO without batch handling; ZIPO with ``batch_key`` (default preset: the batch given
 to the encoder and placed beside the latents, the decoder started at each batch's gene
@@ -38,7 +40,9 @@ Run (2 CPU cores: about 40 minutes for 3 seeds of all data sets, two processes):
 
 It writes ``benchmarks/results/integration/results.csv``, ``table.md``, ``umap_<data>.png``
 and the results blocks of ``docs/samples.md`` and the README. Runs already in ``runs.jsonl``
-are not repeated.
+are not repeated. Every run's latents are saved under ``cache/`` (not in git);
+``--rescore`` computes the latent-space scores of ``runs.jsonl`` again from them, so a new
+latent metric needs no training.
 """
 
 from __future__ import annotations
@@ -358,6 +362,7 @@ def scib_scores(latent: np.ndarray, samples: np.ndarray, labels: np.ndarray) -> 
     nn90 = NeighborsResults(indices=idx, distances=dist)
     clusters = scib_metrics.nmi_ari_cluster_labels_kmeans(latent, labels)
     restarted = kmeans_restarts(latent, labels)
+    leiden = scib_metrics.nmi_ari_cluster_labels_leiden(nn90.subset_neighbors(15), labels)
     return {
         "ilisi": float(scib_metrics.ilisi_knn(nn90, samples)),
         "kbet": float(scib_metrics.kbet(nn90.subset_neighbors(50), samples)[0]),
@@ -367,6 +372,8 @@ def scib_scores(latent: np.ndarray, samples: np.ndarray, labels: np.ndarray) -> 
         "nmi": float(clusters["nmi"]),
         "ari_k10": restarted["ari"],
         "nmi_k10": restarted["nmi"],
+        "ari_leiden": float(leiden["ari"]),
+        "nmi_leiden": float(leiden["nmi"]),
         "clisi": float(scib_metrics.clisi_knn(nn90, labels)),
         "iso_labels": float(scib_metrics.isolated_labels(latent, labels, samples)),
     }
@@ -396,6 +403,32 @@ def score(res: dict[str, Any], train: AnnData, test: np.ndarray) -> dict[str, fl
     return row
 
 
+def _cache_path(cache: Path, data: str, seed: int, method: str) -> Path:
+    return cache / f"{data}_{seed}_{method}.npy".replace(" ", "_")
+
+
+def rescore(done: dict[tuple, dict], cache: Path) -> dict[tuple, dict]:
+    """The rows of ``done`` with their latent-space scores computed again from the latents
+    saved under ``cache`` (rows without saved latents unchanged): a new latent metric needs no
+    training. The held-out and ``transform_batch`` scores, which need the denoised counts, are
+    kept as they were."""
+    out = dict(done)
+    for data, seed in sorted({(d, s) for d, s, _ in done}):
+        train = None
+        for (d, s, method), row in done.items():
+            path = _cache_path(cache, data, seed, method)
+            if (d, s) != (data, seed) or not path.exists():
+                continue
+            if train is None:
+                train = mcv_split(load(data, seed), 0.9, seed)[0]
+                samples = train.obs[SAMPLE].astype(str).to_numpy()
+                labels = train.obs["label"].astype(str).to_numpy()
+            latent = np.load(path)
+            scores = {"same_sample": same_sample_share(latent, samples)}
+            out[(d, s, method)] = {**row, **scores, **scib_scores(latent, samples, labels)}
+    return out
+
+
 # ----------------------------------------------------------------------------- report
 COLUMNS = {
     "same_sample": "same-sample share",
@@ -407,6 +440,8 @@ COLUMNS = {
     "nmi": "NMI",
     "ari_k10": "ARI, 10 starts",
     "nmi_k10": "NMI, 10 starts",
+    "ari_leiden": "ARI, Leiden",
+    "nmi_leiden": "NMI, Leiden",
     "clisi": "cLISI",
     "iso_labels": "isolated labels",
     "mcv_poisson": "MCV Poisson",
@@ -454,12 +489,28 @@ def _mcv_vs_no_batch(mean: pd.DataFrame, data: str, method: str) -> float | None
     return mean.loc[(data, method)]["mcv_poisson"] / mean.loc[reference]["mcv_poisson"] - 1
 
 
-def _restarted(z: pd.Series, s: pd.Series, metric: str) -> str:
-    """The same score with the best of 10 k-means starts, where both rows have it."""
-    key = f"{metric}_k10"
-    if pd.isna(z.get(key)) or pd.isna(s.get(key)):
-        return ""
-    return f"; best of 10 k-means starts: {z[key]:.3f} vs {s[key]:.3f}"
+def _cluster_goal(z: pd.Series, s: pd.Series, metric: str) -> tuple[str, bool, str]:
+    """The ARI or NMI goal (ZIPO at least scVI's - 0.02) with the scores it was judged on.
+
+    Judged on scib-metrics' Leiden clustering with its resolution search (the protocol of
+    Luecken et al. 2022: the resolution with the best NMI against the labels) where both rows
+    have it; otherwise on scib-metrics' k-means, which runs once from a single fixed start and
+    can score the same latents 0.7 or 1.0. Both k-means scores (one start, best of 10) are shown
+    beside.
+    """
+    name = metric.upper()
+    leiden = f"{metric}_leiden"
+    if pd.notna(z.get(leiden)) and pd.notna(s.get(leiden)):
+        key, judged = leiden, "Leiden, resolution search"
+    else:
+        key, judged = metric, "k-means, one start"
+    shown = [f"{judged}: {z[key]:.3f} vs {s[key]:.3f}"]
+    if key != metric:
+        shown.append(f"k-means, one start: {z[metric]:.3f} vs {s[metric]:.3f}")
+    restarted = f"{metric}_k10"
+    if pd.notna(z.get(restarted)) and pd.notna(s.get(restarted)):
+        shown.append(f"k-means, best of 10 starts: {z[restarted]:.3f} vs {s[restarted]:.3f}")
+    return f"{name} >= scVI's - 0.02", bool(z[key] >= s[key] - 0.02), "; ".join(shown)
 
 
 def goals(rows: pd.DataFrame) -> list[str]:
@@ -478,16 +529,8 @@ def goals(rows: pd.DataFrame) -> list[str]:
                 f"{z['same_sample']:.3f} vs {s['same_sample']:.3f}",
             ),
             ("iLISI >= scVI's", z["ilisi"] >= s["ilisi"], f"{z['ilisi']:.3f} vs {s['ilisi']:.3f}"),
-            (
-                "ARI >= scVI's - 0.02",
-                z["ari"] >= s["ari"] - 0.02,
-                f"{z['ari']:.3f} vs {s['ari']:.3f}" + _restarted(z, s, "ari"),
-            ),
-            (
-                "NMI >= scVI's - 0.02",
-                z["nmi"] >= s["nmi"] - 0.02,
-                f"{z['nmi']:.3f} vs {s['nmi']:.3f}" + _restarted(z, s, "nmi"),
-            ),
+            _cluster_goal(z, s, "ari"),
+            _cluster_goal(z, s, "nmi"),
         ]
         if pd.notna(z.get("r_ratio")):
             checks.append(
@@ -583,24 +626,31 @@ def readme_body(rows: pd.DataFrame) -> str:
     """The README's "Several samples" block: ZIPO (batch) beside scVI per data set, one UMAP."""
     mean = rows.groupby(["dataset", "method"], sort=False).mean(numeric_only=True)
     n_seeds = rows.groupby(["dataset", "method"]).size()
+    shown = [
+        (data, method)
+        for data in DATASETS
+        if (data, "ZIPO (batch)") in mean.index
+        for method in ("ZIPO (batch)", "scVI (Poisson, batch)")
+        if (data, method) in mean.index
+    ]
+    leiden = "ari_leiden" in mean and mean.loc[shown, "ari_leiden"].notna().all()
+    ari, nmi = ("ari_leiden", "nmi_leiden") if leiden else ("ari", "nmi")
+    clusters = "Leiden" if leiden else "k-means"
     lines = [
-        "| data | method | same-sample share (0.5 = mixed) | iLISI | ARI | NMI "
-        "| held-out Poisson vs no batch handling | r after transform_batch |",
+        f"| data | method | same-sample share (0.5 = mixed) | iLISI | ARI ({clusters}) "
+        f"| NMI ({clusters}) | held-out Poisson vs no batch handling | r after transform_batch |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for data in [d for d in DATASETS if (d, "ZIPO (batch)") in mean.index]:
-        for method in ("ZIPO (batch)", "scVI (Poisson, batch)"):
-            if (data, method) not in mean.index:
-                continue
-            m = mean.loc[(data, method)]
-            relative = _mcv_vs_no_batch(mean, data, method)
-            change = "" if relative is None else f"{relative:+.1%}"
-            r = f"{m['r_ratio']:+.2f}" if pd.notna(m.get("r_ratio")) else "(no truth)"
-            name = "ZIPO `batch_key`" if method == "ZIPO (batch)" else "scVI `batch_key`"
-            lines.append(
-                f"| {data} | {name} | {m['same_sample']:.3f} | {m['ilisi']:.3f} | "
-                f"{m['ari']:.3f} | {m['nmi']:.3f} | {change} | {r} |"
-            )
+    for data, method in shown:
+        m = mean.loc[(data, method)]
+        relative = _mcv_vs_no_batch(mean, data, method)
+        change = "" if relative is None else f"{relative:+.1%}"
+        r = f"{m['r_ratio']:+.2f}" if pd.notna(m.get("r_ratio")) else "(no truth)"
+        name = "ZIPO `batch_key`" if method == "ZIPO (batch)" else "scVI `batch_key`"
+        lines.append(
+            f"| {data} | {name} | {m['same_sample']:.3f} | {m['ilisi']:.3f} | "
+            f"{m[ari]:.3f} | {m[nmi]:.3f} | {change} | {r} |"
+        )
     seeds = int(n_seeds.max())
     figure = OUT / "umap_two10x.png"
     machine = machine_info()
@@ -638,6 +688,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="rewrite the table and docs block from runs.jsonl and the saved figures, no runs",
     )
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score the latent spaces of runs.jsonl again from the saved latents (no training)",
+    )
     args = parser.parse_args(argv)
     quiet(threads=1)
     out = Path(args.out)
@@ -658,7 +713,7 @@ def main(argv: list[str] | None = None) -> None:
             latents = {}
             for method in args.methods:
                 key = (data, seed, method)
-                cached = out / "cache" / f"{data}_{seed}_{method}.npy".replace(" ", "_")
+                cached = _cache_path(out / "cache", data, seed, method)
                 if key in done and (seed != args.seeds[0] or cached.exists()):
                     if cached.exists():
                         latents[method] = np.load(cached)
@@ -669,13 +724,15 @@ def main(argv: list[str] | None = None) -> None:
                 with runs.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
-                if seed == args.seeds[0]:
-                    cached.parent.mkdir(exist_ok=True)
-                    np.save(cached, res["latent"].astype(np.float32))
-                    latents[method] = res["latent"]
+                cached.parent.mkdir(exist_ok=True)  # every seed's latents: --rescore reads them
+                np.save(cached, res["latent"].astype(np.float32))
+                latents[method] = res["latent"]
             shown = {m: latents[m] for m in MAIN if m in latents}
             if seed == args.seeds[0] and shown:
                 umap_figure(shown, train.obs, f"{data} (seed {seed})", out / f"umap_{data}.png")
+    if args.rescore:
+        done = rescore(done, out / "cache")
+        runs.write_text("".join(json.dumps(row) + "\n" for row in done.values()))
     rows = pd.DataFrame(list(done.values()))
     rows.to_csv(out / "results.csv", index=False)
     table = summarise(rows)

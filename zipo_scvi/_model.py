@@ -39,12 +39,12 @@ from ._distributions import expected_log_normalized
 from ._metrics import TARGET_SUM
 from ._module import ZiPoModule
 from ._outputs import (
-    DEFAULT_FILE_OUTPUTS,
     DEFAULT_LAYERS,
     OUTPUT_BY_KEY,
     PARAMETERS,
     LibrarySize,
     check_library_size,
+    chosen_file_outputs,
     compute_outputs,
     layer_output,
     library_depth,
@@ -909,7 +909,7 @@ alpha_w, alpha_theta, alpha_library
         """
         keys = None
         if log_normalized:
-            keys = [out.key for out in (*DEFAULT_FILE_OUTPUTS, OUTPUT_BY_KEY["log_normalized"])]
+            keys = [out.key for out in chosen_file_outputs(log_normalized=True)]
         values = self._collect_outputs(
             keys, adata, None, batch_size, library_size, transform_batch
         )

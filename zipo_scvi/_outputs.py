@@ -198,6 +198,19 @@ OUTPUT_LAYERS: tuple[str, ...] = tuple(o.name for o in FILE_OUTPUTS if o.slot ==
 DEFAULT_LAYERS: tuple[str, ...] = tuple(o.name for o in DEFAULT_FILE_OUTPUTS if o.slot == "layers")
 
 
+def chosen_file_outputs(log_normalized: bool = False) -> tuple[Output, ...]:
+    """The outputs written to files: the default ones, plus the expected log-normalised
+    expression when ``log_normalized``.
+
+    Examples
+    --------
+    >>> [out.name for out in chosen_file_outputs(True) if out.slot == "layers"]
+    ['zipo_denoised', 'zipo_zero_prob', 'zipo_dispersion', 'zipo_log_normalized']
+    """
+    extra = (OUTPUT_BY_KEY["log_normalized"],) if log_normalized else ()
+    return (*DEFAULT_FILE_OUTPUTS, *extra)
+
+
 def outputs_for(
     likelihood: Likelihood, keys: tuple[str, ...] | list[str] | None = None
 ) -> list[Output]:

@@ -387,10 +387,9 @@ _TRAINING_FLAGS = (
 
 def _layers(log_normalized: bool) -> tuple[str, ...]:
     """The layers a backed run writes: the default ones, plus the log-normalised one if asked."""
-    from ._outputs import DEFAULT_LAYERS, OUTPUT_BY_KEY
+    from ._outputs import chosen_file_outputs
 
-    extra = (OUTPUT_BY_KEY["log_normalized"].name,) if log_normalized else ()
-    return (*DEFAULT_LAYERS, *extra)
+    return tuple(o.name for o in chosen_file_outputs(log_normalized) if o.slot == "layers")
 
 
 def _check_batch_outputs(adata, settings: dict) -> tuple[str | None, str | None]:
