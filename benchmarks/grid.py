@@ -183,7 +183,7 @@ def report(out: Path) -> str:
     """The grid table (one line per point and method) and the margin figure."""
     rows = pd.read_csv(out / "rows.csv")
     meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
-    ok = _in_grid_order(rows[rows["error"].isna()] if "error" in rows else rows)
+    ok = _finished_in_grid_order(rows)
     metrics = [m for m in COLUMNS if m in ok]
     lines = [
         "Held-out Poisson (MCV, lower is better) and the openproblems scaled scores (`none` = 0,"
@@ -247,8 +247,11 @@ def report(out: Path) -> str:
     return "\n".join(lines)
 
 
-def _in_grid_order(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows sorted by their point's place in :data:`GRID` (others last), otherwise as they are."""
+def _finished_in_grid_order(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows without an error, sorted by their point's place in :data:`GRID` (others last),
+    otherwise as they are."""
+    if "error" in rows:
+        rows = rows[rows["error"].isna()]
     order = {point.name: i for i, point in enumerate(GRID)}
     return rows.sort_values("point", key=lambda p: p.map(order).fillna(len(order)), kind="stable")
 
@@ -273,7 +276,7 @@ def glance(out: Path) -> str:
     """The README block: ZIPO against the best peer at each grid point, and the figure."""
     rows = pd.read_csv(out / "rows.csv")
     meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
-    ok = _in_grid_order(rows[rows["error"].isna()] if "error" in rows else rows)
+    ok = _finished_in_grid_order(rows)
     lines = [
         "| data shape | cells x genes | ZIPO held-out Poisson | best peer | ZIPO vs best peer "
         "| ZIPO MSE scaled, expected log | seeds |",

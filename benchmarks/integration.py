@@ -379,12 +379,19 @@ def scib_scores(latent: np.ndarray, samples: np.ndarray, labels: np.ndarray) -> 
     }
 
 
+def latent_scores(latent: np.ndarray, obs: pd.DataFrame) -> dict[str, float]:
+    """The scores of a latent space: the same-sample share and scib-metrics' scores."""
+    samples = obs[SAMPLE].astype(str).to_numpy()
+    labels = obs["label"].astype(str).to_numpy()
+    return {"same_sample": same_sample_share(latent, samples)} | scib_scores(
+        latent, samples, labels
+    )
+
+
 def score(res: dict[str, Any], train: AnnData, test: np.ndarray) -> dict[str, float]:
     """All scores of one method's outputs."""
     samples = train.obs[SAMPLE].astype(str).to_numpy()
-    labels = train.obs["label"].astype(str).to_numpy()
-    row = {"same_sample": same_sample_share(res["latent"], samples)}
-    row |= scib_scores(res["latent"], samples, labels)
+    row = latent_scores(res["latent"], train.obs)
     if res["denoised"] is not None:
         row["mcv_poisson"] = score_mcv(res["denoised"], test, train)["poisson"]
     # genes with at least 20 training molecules in each sample (the ratio is noise below)
@@ -413,19 +420,12 @@ def rescore(done: dict[tuple, dict], cache: Path) -> dict[tuple, dict]:
     training. The held-out and ``transform_batch`` scores, which need the denoised counts, are
     kept as they were."""
     out = dict(done)
-    for data, seed in sorted({(d, s) for d, s, _ in done}):
-        train = None
-        for (d, s, method), row in done.items():
-            path = _cache_path(cache, data, seed, method)
-            if (d, s) != (data, seed) or not path.exists():
-                continue
-            if train is None:
-                train = mcv_split(load(data, seed), 0.9, seed)[0]
-                samples = train.obs[SAMPLE].astype(str).to_numpy()
-                labels = train.obs["label"].astype(str).to_numpy()
-            latent = np.load(path)
-            scores = {"same_sample": same_sample_share(latent, samples)}
-            out[(d, s, method)] = {**row, **scores, **scib_scores(latent, samples, labels)}
+    saved = {key: _cache_path(cache, *key) for key in done}
+    saved = {key: path for key, path in saved.items() if path.exists()}
+    for data, seed in sorted({(d, s) for d, s, _ in saved}):
+        obs = mcv_split(load(data, seed), 0.9, seed)[0].obs
+        for key in [k for k in saved if k[:2] == (data, seed)]:
+            out[key] = {**done[key], **latent_scores(np.load(saved[key]), obs)}
     return out
 
 
@@ -715,7 +715,7 @@ def main(argv: list[str] | None = None) -> None:
                 key = (data, seed, method)
                 cached = _cache_path(out / "cache", data, seed, method)
                 if key in done and (seed != args.seeds[0] or cached.exists()):
-                    if cached.exists():
+                    if seed == args.seeds[0]:  # the UMAP figure's latents
                         latents[method] = np.load(cached)
                     continue
                 res = run_method(method, train, seed)
