@@ -15,13 +15,13 @@ Data sets with a known technical difference between two samples:
 Every method sees the training part of a molecular cross-validation split (90% of each cell's
 molecules) and the sample column. Scores: scib-metrics' batch mixing (iLISI, kBET acceptance,
 graph connectivity, silhouette batch) and bio conservation (ARI/NMI of Leiden clusters at the
-resolution scib-metrics' search finds, as in Luecken et al. 2022, and of its single-start
-k-means; cLISI, isolated labels) on each latent space, the share of a cell's 15 nearest
-neighbours from its own sample (0.5 = mixed), the Poisson loss of the denoised counts on the
-held-out molecules (MCV), and ``r_ratio``: the Pearson correlation over genes between
-``log(B/A)`` of the mean denoised expression of B and A cells after ``transform_batch="A"`` and
-the true log factor (0: the distortion is removed; ``r_ratio_before``: the same without
-``transform_batch``).
+resolution scib-metrics' search finds, as in Luecken et al. 2022, averaged over 10 clustering
+seeds, and of its single-start k-means; cLISI, isolated labels) on each latent space, the share
+of a cell's 15 nearest neighbours from its own sample (0.5 = mixed), the Poisson loss of the
+denoised counts on the held-out molecules (MCV), and ``r_ratio``: the Pearson correlation over
+genes between ``log(B/A)`` of the mean denoised expression of B and A cells after
+``transform_batch="A"`` and the true log factor (0: the distortion is removed;
+``r_ratio_before``: the same without ``transform_batch``).
 
 Methods: ZIPO without batch handling; ZIPO with ``batch_key`` (default preset: the batch given
 to the encoder and placed beside the latents, the decoder started at each batch's gene
@@ -82,6 +82,8 @@ N_CELLS = 1000
 #: Thinning factors of sample B's genes: uniform on this interval.
 THINNING = (0.2, 1.0)
 PEER_MAX_EPOCHS = 400
+#: Leiden clusterings (seeds) averaged per latent space (:func:`leiden_seeds`).
+LEIDEN_SEEDS = 10
 #: Log-scale s.d. of the simulated batches' gene factors.
 SIM_BATCH_SCALE = 0.25
 
@@ -351,6 +353,38 @@ def kmeans_restarts(latent: np.ndarray, labels: np.ndarray, n_init: int = 10) ->
     }
 
 
+def leiden_seeds(graph, labels: np.ndarray, n_seeds: int = LEIDEN_SEEDS) -> dict[str, float]:
+    """scib-metrics' Leiden ARI/NMI (resolution search) averaged over ``n_seeds`` clusterings.
+
+    One Leiden clustering of the same 15-neighbour graph scores ARI anywhere in a range as wide
+    as the gaps between methods: scVI's pbmc3k seed-2 latents score 0.754 to 0.875 over ten
+    clustering seeds, and even scib-metrics' fixed seed gives 0.772 and 0.776 on two calls
+    (igraph's Leiden). The mean over seeds 0 .. ``n_seeds - 1`` measures the latents rather than
+    one clustering; ``ari_sd`` is the spread between those clusterings.
+
+    Examples
+    --------
+    >>> from scib_metrics.nearest_neighbors import NeighborsResults
+    >>> from sklearn.neighbors import NearestNeighbors
+    >>> noise = 0.1 * np.random.default_rng(0).random((40, 2))
+    >>> z = np.r_[np.zeros((20, 2)), np.ones((20, 2))] + noise
+    >>> dist, idx = NearestNeighbors(n_neighbors=5).fit(z).kneighbors(z)
+    >>> graph = NeighborsResults(indices=idx, distances=dist)
+    >>> scores = leiden_seeds(graph, np.repeat(["a", "b"], 20), n_seeds=2)
+    >>> sorted(scores), scores["nmi"] > 0.5
+    (['ari', 'ari_sd', 'nmi'], True)
+    """
+    import scib_metrics
+
+    runs = [
+        scib_metrics.nmi_ari_cluster_labels_leiden(graph, labels, seed=seed)
+        for seed in range(n_seeds)
+    ]
+    ari = np.array([float(run["ari"]) for run in runs])
+    nmi = np.array([float(run["nmi"]) for run in runs])
+    return {"nmi": float(nmi.mean()), "ari": float(ari.mean()), "ari_sd": float(ari.std())}
+
+
 def scib_scores(latent: np.ndarray, samples: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """scib-metrics' batch and bio scores on exact 90-nearest-neighbour graphs."""
     import scib_metrics
@@ -362,7 +396,7 @@ def scib_scores(latent: np.ndarray, samples: np.ndarray, labels: np.ndarray) -> 
     nn90 = NeighborsResults(indices=idx, distances=dist)
     clusters = scib_metrics.nmi_ari_cluster_labels_kmeans(latent, labels)
     restarted = kmeans_restarts(latent, labels)
-    leiden = scib_metrics.nmi_ari_cluster_labels_leiden(nn90.subset_neighbors(15), labels)
+    leiden = leiden_seeds(nn90.subset_neighbors(15), labels)
     return {
         "ilisi": float(scib_metrics.ilisi_knn(nn90, samples)),
         "kbet": float(scib_metrics.kbet(nn90.subset_neighbors(50), samples)[0]),
@@ -372,8 +406,9 @@ def scib_scores(latent: np.ndarray, samples: np.ndarray, labels: np.ndarray) -> 
         "nmi": float(clusters["nmi"]),
         "ari_k10": restarted["ari"],
         "nmi_k10": restarted["nmi"],
-        "ari_leiden": float(leiden["ari"]),
-        "nmi_leiden": float(leiden["nmi"]),
+        "ari_leiden": leiden["ari"],
+        "nmi_leiden": leiden["nmi"],
+        "ari_leiden_sd": leiden["ari_sd"],
         "clisi": float(scib_metrics.clisi_knn(nn90, labels)),
         "iso_labels": float(scib_metrics.isolated_labels(latent, labels, samples)),
     }
@@ -442,6 +477,7 @@ COLUMNS = {
     "nmi_k10": "NMI, 10 starts",
     "ari_leiden": "ARI, Leiden",
     "nmi_leiden": "NMI, Leiden",
+    "ari_leiden_sd": "ARI, Leiden: s.d. over clusterings",
     "clisi": "cLISI",
     "iso_labels": "isolated labels",
     "mcv_poisson": "MCV Poisson",
@@ -493,15 +529,16 @@ def _cluster_goal(z: pd.Series, s: pd.Series, metric: str) -> tuple[str, bool, s
     """The ARI or NMI goal (ZIPO at least scVI's - 0.02) with the scores it was judged on.
 
     Judged on scib-metrics' Leiden clustering with its resolution search (the protocol of
-    Luecken et al. 2022: the resolution with the best NMI against the labels) where both rows
-    have it; otherwise on scib-metrics' k-means, which runs once from a single fixed start and
+    Luecken et al. 2022: the resolution with the best NMI against the labels), averaged over
+    :data:`LEIDEN_SEEDS` clusterings (:func:`leiden_seeds`), where both rows have it;
+    otherwise on scib-metrics' k-means, which runs once from a single fixed start and
     can score the same latents 0.7 or 1.0. Both k-means scores (one start, best of 10) are shown
     beside.
     """
     name = metric.upper()
     leiden = f"{metric}_leiden"
     if pd.notna(z.get(leiden)) and pd.notna(s.get(leiden)):
-        key, judged = leiden, "Leiden, resolution search"
+        key, judged = leiden, f"Leiden, resolution search, mean of {LEIDEN_SEEDS} clusterings"
     else:
         key, judged = metric, "k-means, one start"
     shown = [f"{judged}: {z[key]:.3f} vs {s[key]:.3f}"]

@@ -313,10 +313,13 @@ def test_integration_goals_show_the_restarted_kmeans_scores_beside_scib_metrics(
     leiden = rows.assign(ari_leiden=[0.99, 1.0], nmi_leiden=[0.95, 1.0])
     (line,) = goals(leiden)
     assert (
-        "ARI >= scVI's - 0.02: met (Leiden, resolution search: 0.990 vs 1.000; "
+        "ARI >= scVI's - 0.02: met (Leiden, resolution search, mean of 10 clusterings: 0.990 vs 1.000; "
         "k-means, one start: 0.725 vs 1.000; k-means, best of 10 starts: 1.000 vs 1.000)"
     ) in line
-    assert "NMI >= scVI's - 0.02: MISSED (Leiden, resolution search: 0.950 vs 1.000" in line
+    assert (
+        "NMI >= scVI's - 0.02: MISSED (Leiden, resolution search, mean of 10 clusterings: 0.950 vs 1.000"
+        in line
+    )
 
 
 def test_integration_rescore_scores_saved_latents_again(tmp_path, monkeypatch):
@@ -340,6 +343,7 @@ def test_integration_rescore_scores_saved_latents_again(tmp_path, monkeypatch):
     out = integration.rescore(done, tmp_path)
     row = out[("d", 0, "m")]
     assert row["ari"] == row["ari_leiden"] == row["nmi_leiden"] == 1.0
+    assert row["ari_leiden_sd"] == 0.0  # the mean of 10 Leiden clusterings
     assert row["mcv_poisson"] == 3  # scores of the denoised counts are kept
     assert 0.3 < row["same_sample"] < 0.7
     assert out[("d", 0, "no latents")] == done[("d", 0, "no latents")]
