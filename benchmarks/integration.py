@@ -740,7 +740,7 @@ def main(argv: list[str] | None = None) -> None:
         for line in runs.read_text().splitlines():
             row = json.loads(line)
             done[(row["dataset"], row["seed"], row["method"])] = row
-    for data in [] if args.report_only else args.datasets:
+    for data in [] if args.report_only or args.rescore else args.datasets:
         for seed in args.seeds:
             full = load(data, seed)
             train, test = mcv_split(full, 0.9, seed)

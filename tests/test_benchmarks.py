@@ -347,3 +347,21 @@ def test_integration_rescore_scores_saved_latents_again(tmp_path, monkeypatch):
     assert row["mcv_poisson"] == 3  # scores of the denoised counts are kept
     assert 0.3 < row["same_sample"] < 0.7
     assert out[("d", 0, "no latents")] == done[("d", 0, "no latents")]
+
+
+def test_integration_rescore_trains_nothing(tmp_path, monkeypatch):
+    """``--rescore`` scores saved latents; a method without them is not trained again."""
+    import json
+
+    from benchmarks import integration
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--rescore trained a method")
+
+    monkeypatch.setattr(integration, "run_method", no_training)
+    monkeypatch.setattr(integration, "rescore", lambda done, cache: done)
+    row = {"dataset": "sim", "seed": 0, "method": "ZIPO (batch)", "ari": 0.5, "seconds": 1.0}
+    (tmp_path / "runs.jsonl").write_text(json.dumps(row) + "\n")
+    integration.main(["--rescore", "--no-docs", "--out", str(tmp_path)])
+    assert (tmp_path / "table.md").exists()
+    assert json.loads((tmp_path / "runs.jsonl").read_text()) == row
