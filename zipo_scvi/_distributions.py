@@ -37,6 +37,27 @@ def log_poisson(x: torch.Tensor, log_rate: torch.Tensor) -> torch.Tensor:
     return x * log_rate - torch.exp(log_rate) - torch.lgamma(x + 1.0)
 
 
+def log_factorial_sum(x: torch.Tensor) -> torch.Tensor:
+    """``sum_g log x_g!`` per cell (row) of counts ``x``.
+
+    On the CPU only the entries above 1 are passed to ``lgamma`` (``0! = 1! = 1``): in count
+    data they are a few per cent of the entries, and ``lgamma`` over every entry of a
+    minibatch cost about a tenth of a training step there. On accelerators every entry is
+    evaluated (the selection would wait for the device).
+
+    Examples
+    --------
+    >>> import torch
+    >>> log_factorial_sum(torch.tensor([[0.0, 1.0, 3.0], [2.0, 0.0, 0.0]]))
+    tensor([1.7918, 0.6931])
+    """
+    if x.device.type != "cpu":
+        return torch.lgamma(x + 1.0).sum(dim=-1)
+    rows, cols = (x > 1.0).nonzero(as_tuple=True)
+    terms = torch.lgamma(x[rows, cols] + 1.0)
+    return torch.zeros(x.shape[0], dtype=x.dtype).index_add_(0, rows, terms)
+
+
 def log_poisson_cells(
     x: torch.Tensor, log_mu: torch.Tensor, log_library: torch.Tensor
 ) -> torch.Tensor:
@@ -75,7 +96,7 @@ def log_poisson_cells(
         (x * log_mu).sum(dim=-1)
         + total * log_library
         - torch.exp(log_library)
-        - torch.lgamma(x + 1.0).sum(dim=-1)
+        - log_factorial_sum(x)
     )
 
 
