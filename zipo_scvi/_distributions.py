@@ -305,17 +305,24 @@ class Likelihood:
         # a rate of 0 (log -inf) has expectation 0: floored where exp still underflows to ~0
         log_small = torch.where(exact, log_rate.clamp_min(-80.0), torch.zeros_like(log_rate))
         log_theta = heads.get("log_theta") if self.dispersion else None
-        mass = torch.zeros_like(rate)
+        # the pmf by its recurrence in y (no lgamma or exp per count): Poisson
+        # p(y) = p(y - 1) m / y; NB p(y) = p(y - 1) (y - 1 + theta) / y * m / (m + theta)
+        small = log_small.exp()
+        if log_theta is None:
+            pmf = torch.exp(-small)
+        else:
+            theta = log_theta.exp()
+            pmf = torch.exp(-theta * torch.log1p(small / theta))
+            odds = small / (small + theta)
+        mass = pmf
         total = torch.zeros_like(rate)
-        for y in range(MAX_COUNT):
-            count = torch.full_like(rate, float(y))
+        for y in range(1, MAX_COUNT):
             if log_theta is None:
-                pmf = log_poisson(count, log_small).exp()
+                pmf = pmf * (small / y)
             else:
-                pmf = log_nb(count, log_small, log_theta).exp()
+                pmf = pmf * ((y - 1 + theta) / y) * odds
             mass = mass + pmf
-            if y:
-                total = total + pmf * torch.log1p(scale * y)
+            total = total + pmf * torch.log1p(scale * y)
         total = total + (1.0 - mass).clamp_min(0.0) * torch.log1p(scale * MAX_COUNT)
         var = rate if log_theta is None else rate + rate.square() / log_theta.exp()
         spread = scale * rate
