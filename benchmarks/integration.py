@@ -673,6 +673,11 @@ def readme_body(rows: pd.DataFrame) -> str:
     leiden = "ari_leiden" in mean and mean.loc[shown, "ari_leiden"].notna().all()
     ari, nmi = ("ari_leiden", "nmi_leiden") if leiden else ("ari", "nmi")
     clusters = "Leiden" if leiden else "k-means"
+    how = (
+        f"scib-metrics' Leiden clusters, mean of {LEIDEN_SEEDS} clusterings"
+        if leiden
+        else clusters
+    )
     lines = [
         f"| data | method | same-sample share (0.5 = mixed) | iLISI | ARI ({clusters}) "
         f"| NMI ({clusters}) | held-out Poisson vs no batch handling | r after transform_batch |",
@@ -695,7 +700,8 @@ def readme_body(rows: pd.DataFrame) -> str:
         "",
         f"Mean of {seeds} seeds, {time.strftime('%Y-%m-%d')}, {machine['cpu']} "
         f"({machine['cores']} cores); held-out Poisson of ZIPO and scVI each against "
-        "ZIPO without `batch_key` (the cost of removing the batch); `r`: correlation over genes "
+        "ZIPO without `batch_key` (the cost of removing the batch); ARI/NMI: "
+        f"{how} against the cell labels; `r`: correlation over genes "
         'between the remaining sample B/A ratio after `transform_batch="A"` and the known '
         "distortion (0 = removed). sim: simulated batches; hgmm1k, pbmc3k: real cells split at "
         "random into two samples, one thinned gene by gene; two10x: two real 10x samples from "
