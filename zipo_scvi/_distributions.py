@@ -324,7 +324,7 @@ class Likelihood:
             mass = mass + pmf
             total = total + pmf * torch.log1p(scale * y)
         total = total + (1.0 - mass).clamp_min(0.0) * torch.log1p(scale * MAX_COUNT)
-        var = rate if log_theta is None else rate + rate.square() / log_theta.exp()
+        var = rate if log_theta is None else rate + rate.square() / theta
         spread = scale * rate
         expansion = torch.log1p(spread) - scale.square() * var / (2.0 * (1.0 + spread).square())
         out = torch.where(exact, total, expansion.clamp_min(0.0))
