@@ -4,7 +4,7 @@ average of the weights over the optimiser steps; the optimiser keeps training th
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 from zipo_scvi import ZIPO
 from zipo_scvi._defaults import preset
@@ -158,21 +158,28 @@ def _series(model, name):
     return model.history[name].iloc[:, 0].astype(float).to_numpy()
 
 
-def test_ema_monitor_raw_trains_as_without_averaging_and_keeps_the_best_average(adata):
-    plain, plain_record = _train_restoring(adata.copy(), ema_decay=0.0)
-    model, record = _train_restoring(adata, ema_decay=0.8, ema_monitor="raw")
-    # the raw weights are scored as without averaging: same run, same validation_loss ...
+@pytest.mark.parametrize(
+    ("metric", "watched"), [("loss", "validation_loss"), ("nll", "nll_validation")]
+)
+def test_ema_monitor_raw_trains_as_without_averaging_and_keeps_the_best_average(
+    adata, metric, watched
+):
+    kw = {"stopping_metric": metric}
+    plain, plain_record = _train_restoring(adata.copy(), ema_decay=0.0, **kw)
+    model, record = _train_restoring(adata, ema_decay=0.8, ema_monitor="raw", **kw)
+    assert model.stopping_monitor == watched
+    # the raw weights are scored as without averaging: same run, same watched loss ...
     for a, b in zip(record.steps, plain_record.steps, strict=True):
         assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    raw = _series(model, "validation_loss")
-    np.testing.assert_allclose(raw, _series(plain, "validation_loss"), rtol=1e-6)
+    raw = _series(model, watched)
+    np.testing.assert_allclose(raw, _series(plain, watched), rtol=1e-6)
     # ... the average's own loss is logged beside it ...
-    averaged = _series(model, "validation_loss_average")
+    averaged = _series(model, f"{watched}_average")
     assert len(averaged) == len(raw) == 4
     assert not np.allclose(averaged, raw)
     # ... and picks the epoch whose averaged weights the model keeps
     (restorer,) = [c for c in model.trainer.callbacks if isinstance(c, RestoreBest)]
-    assert restorer.monitor == "validation_loss_average"
+    assert restorer.monitor == f"{watched}_average"
     best = int(averaged.argmin())
     assert restorer.best_epoch == best + 1
     # the end-of-training summary says which weights are kept, and their loss
@@ -199,3 +206,32 @@ def test_unknown_ema_monitor_is_refused(adata):
     model = ZIPO(adata, **TINY)
     with pytest.raises(ValueError, match="ema_monitor"):
         model.train(max_epochs=1, enable_progress_bar=False, ema_monitor="both")
+
+
+def test_stopping_watches_the_loss_or_the_counts_nll(adata):
+    assert preset("paper")[1]["stopping_metric"] == "loss"
+    assert preset("default")[1]["stopping_metric"] == "loss"
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, **TINY)
+    model.train(max_epochs=2, enable_progress_bar=False)
+    assert model.stopping_monitor == "validation_loss"
+    model.train(max_epochs=2, enable_progress_bar=False, stopping_metric="nll")
+    assert model.stopping_monitor == "nll_validation"
+    (stopper,) = [c for c in model.trainer.callbacks if isinstance(c, EarlyStopping)]
+    assert stopper.monitor == "nll_validation"
+    # without validation data the training NLL is watched, by the same rule
+    model.train(
+        max_epochs=1,
+        enable_progress_bar=False,
+        validation="cells",
+        train_size=1.0,
+        stopping_metric="nll",
+    )
+    assert model.stopping_monitor == "nll_train"
+
+
+def test_unknown_stopping_metric_is_refused(adata):
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, **TINY)
+    with pytest.raises(ValueError, match="stopping_metric 'elbo'"):
+        model.train(max_epochs=1, enable_progress_bar=False, stopping_metric="elbo")

@@ -127,7 +127,9 @@ def test_mcv_validation_stops_early_and_keeps_the_best_epoch(adata):
         early_stopping_patience=3,
         ema_epochs=0,  # the raw weights: the ones validated are the ones kept
     )
-    losses = model.history["validation_loss"]["validation_loss"].to_numpy()
+    watched = model.stopping_monitor  # the default preset: the held-out loss
+    assert watched == "validation_loss"
+    losses = model.history[watched][watched].to_numpy()
     assert len(losses) < 60  # stopped on the held-out molecules
     best = int(losses.argmin())
     model.module.eval()

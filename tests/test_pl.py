@@ -53,6 +53,20 @@ def test_history_from_model_anndata_and_mapping(trained):
         pl.history(simulate_counts(n_cells=5, n_genes=4))
 
 
+def test_history_marks_the_epoch_of_what_stopping_watched():
+    from zipo_scvi.pl._plots import _best_epoch, _watched
+
+    table = {"validation_loss": np.array([3.0, 2.0, 2.5]), "nll_validation": np.array([3, 1, 2.0])}
+    table["nll_validation"][2] = 0.5
+    assert _best_epoch(table, ("nll",)) == 2  # the loss's best
+    assert _best_epoch(table, ("nll",), "nll_validation") == 3
+    adata = simulate_counts(n_cells=5, n_genes=4)
+    adata.uns["zipo"] = {"settings": {"train": {"stopping_metric": "nll"}}}
+    assert _watched(adata) == "nll_validation"
+    adata.uns["zipo"] = {"settings": {"model": {"preset": "paper"}}}
+    assert _watched(adata) == "validation_loss"
+
+
 def test_embedding_tsne_by_obs_and_gene_and_errors(trained):
     _, adata = trained
     keys = set(adata.obsm)

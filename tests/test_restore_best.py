@@ -37,7 +37,7 @@ def _train(adata, restore_best):
         batch_size=64,
         callbacks=[record],
     )
-    losses = model.history["validation_loss"].to_numpy().ravel()
+    losses = model.history[model.stopping_monitor].to_numpy().ravel()
     return model, record.states, losses
 
 

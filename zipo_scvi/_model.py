@@ -60,6 +60,7 @@ from ._training import (
     ZiPoTrainingPlan,
     check_plan_kwargs,
     loss_in_words,
+    monitored_metric,
     training_split,
 )
 from .data._backed import BackedCollection
@@ -125,7 +126,8 @@ def _add_training_messages(
 ) -> None:
     """Our progress bar (the epoch cap shown as a cap) and end-of-training summary callbacks."""
     verbose = trainer_kwargs.get("enable_progress_bar", True)
-    words = loss_in_words(monitor, plan["validation"], plan.get("molecule_split", MOLECULE_SPLIT))
+    split = plan.get("molecule_split", MOLECULE_SPLIT)
+    words = loss_in_words(monitor, plan["validation"], split)
     callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
     if verbose and trainer_kwargs.get("simple_progress_bar", True):
         trainer_kwargs["simple_progress_bar"] = False  # scvi's bar says "Epoch 103/1000"
@@ -475,8 +477,11 @@ alpha_w, alpha_theta, alpha_library
             Lightning device settings (``strategy="ddp"`` etc. go in ``trainer_kwargs``).
         plan_kwargs
             Overrides for :class:`~zipo_scvi._training.ZiPoTrainingPlan` (``lr_decay``,
-            ``lr_floor``, ``lr_patience``, ``lr_threshold``, ``lr_factor``, ``weight_decay``;
-            these names are also accepted as keyword arguments of ``train`` itself).
+            ``lr_floor``, ``lr_patience``, ``lr_threshold``, ``lr_factor``, ``weight_decay``,
+            ``ema_epochs``, ``stopping_metric``, ...; these names are also accepted as keyword
+            arguments of ``train`` itself). ``stopping_metric="nll"`` makes early stopping, the
+            plateau schedule and ``restore_best`` watch the held-out counts' negative
+            log-likelihood alone instead of the whole loss (``"loss"``, both presets).
         datasplitter_kwargs
             Passed to scvi's :class:`~scvi.dataloaders.DataSplitter`.
         **trainer_kwargs
@@ -525,16 +530,19 @@ alpha_w, alpha_theta, alpha_library
         if plan["validation"] == "mcv":  # every cell's own held-out molecules validate
             has_validation = True
             datasplitter_kwargs = {**(datasplitter_kwargs or {}), "validate_all_cells": True}
-        monitor = "validation_loss" if has_validation else "train_loss"
+        monitor = monitored_metric(plan["stopping_metric"], has_validation)
         plan["monitor"] = monitor
         #: How the validation loss of the last training was scored ("cells", "molecules";
         #: None without validation cells); read by zipo_scvi.pl.history.
         self.validation_mode = plan["validation"] if has_validation else None
+        #: The logged metric early stopping watches (``nll_validation`` in the default preset);
+        #: read by zipo_scvi.pl.history.
+        self.stopping_monitor = monitor
         restore_best = defaults["restore_best"] if restore_best is None else restore_best
         if restore_best and early_stopping and has_validation:
             callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
             # with ema_monitor="raw" the averaged weights' own loss picks the epoch to keep
-            watched = "validation_loss_average" if plan["ema_monitor"] == "raw" else monitor
+            watched = f"{monitor}_average" if plan["ema_monitor"] == "raw" else monitor
             trainer_kwargs["callbacks"] = [*callbacks, RestoreBest(watched)]
         _add_training_messages(
             trainer_kwargs, plan, monitor, early_stopping, has_validation, max_epochs

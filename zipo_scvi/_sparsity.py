@@ -38,6 +38,7 @@ from torch.nn.utils import prune as torch_prune
 from ._components import MaskedLinear
 from ._defaults import MOLECULE_SPLIT, PRUNE_DELTA, PRUNE_SCHEDULE
 from ._metrics import log_normalise, thin_counts
+from ._training import monitored_metric
 
 #: Deltas of the sparsity and pruning curves (the paper's Fig. 10 spans 1e-6 .. 1e-1).
 DEFAULT_DELTAS: tuple[float, ...] = tuple(float(d) for d in np.logspace(-7, -1, 13))
@@ -996,6 +997,9 @@ class SparsityMixin:
             ema_epochs=0.0,
         )
         kwargs.update(train_kwargs)
+        # the kept epoch is chosen on what early stopping watches (the preset's metric)
+        metric = kwargs.get("stopping_metric", defaults["stopping_metric"])
+        callback.monitor = monitored_metric(metric, has_validation=True)
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), callback]
         epochs_before = len(self.history["train_loss"]) if self.history else 0
         self.train(**kwargs)

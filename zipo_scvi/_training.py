@@ -28,6 +28,25 @@ from ._metrics import fixed_thinning, thin_counts
 
 VALIDATION_MODES = ("cells", "molecules", "mcv")
 EMA_MONITORS = ("average", "raw")
+STOPPING_METRICS = ("loss", "nll")
+
+
+def monitored_metric(stopping_metric: str, has_validation: bool) -> str:
+    """The logged metric that early stopping, the plateau schedule and restoring watch.
+
+    Examples
+    --------
+    >>> [monitored_metric("loss", True), monitored_metric("nll", True)]
+    ['validation_loss', 'nll_validation']
+    >>> monitored_metric("nll", has_validation=False)
+    'nll_train'
+    """
+    if stopping_metric not in STOPPING_METRICS:
+        raise ValueError(
+            f"Unknown stopping_metric {stopping_metric!r}; choose one of {list(STOPPING_METRICS)}."
+        )
+    mode = "validation" if has_validation else "train"
+    return f"{mode}_loss" if stopping_metric == "loss" else f"nll_{mode}"
 
 
 def training_split(n_obs: int, train_size: float, batch_size: int) -> tuple[int, int]:
@@ -133,8 +152,13 @@ class ZiPoTrainingPlan(TrainingPlan):
         ``"average"``: the averaged weights' (``validation_loss``). ``"raw"``: the raw weights'
         (``validation_loss``), so that training runs as it would without averaging (same
         steps, schedule and length), and the averaged weights' loss is logged as
-        ``validation_loss_average``, which :class:`RestoreBest` then watches: averaging picks
-        the weights returned, not how long training runs.
+        ``validation_loss_average`` (and its NLL as ``nll_validation_average``), which
+        :class:`RestoreBest` then watches: averaging picks the weights returned, not how long
+        training runs.
+    stopping_metric
+        Recorded for the model (which sets ``monitor`` from it, see :func:`monitored_metric`):
+        ``"loss"``, the training objective, or ``"nll"``, the counts' negative log-likelihood
+        alone (no penalties, no library subnetwork).
     **kwargs
         Passed to :class:`~scvi.train.TrainingPlan`.
     """
@@ -157,6 +181,7 @@ class ZiPoTrainingPlan(TrainingPlan):
         ema_decay: float = PAPER_TRAIN["ema_decay"],
         ema_epochs: float = PAPER_TRAIN["ema_epochs"],
         ema_monitor: str = PAPER_TRAIN["ema_monitor"],
+        stopping_metric: str = PAPER_TRAIN["stopping_metric"],
         **kwargs,
     ):
         if validation not in VALIDATION_MODES:
@@ -191,6 +216,8 @@ class ZiPoTrainingPlan(TrainingPlan):
         self.ema_decay = float(ema_decay)
         self.ema_epochs = float(ema_epochs)
         self.ema_monitor = ema_monitor
+        monitored_metric(stopping_metric, True)  # refuses an unknown name
+        self.stopping_metric = stopping_metric
         self._ema_update = None  # the update of the decay in use, made at on_train_start
         self._ema: list[torch.Tensor] | None = None  # the averaged floating-point state
         self._raw: list[torch.Tensor] | None = None  # the raw weights while the average is in
@@ -358,7 +385,9 @@ class ZiPoTrainingPlan(TrainingPlan):
         batch, loss_kwargs = self._validation_inputs(batch, batch_idx)  # split once
         out = self.forward(batch, loss_kwargs=loss_kwargs)[2]  # the average's weights when in
         if self.ema_monitor == "raw":
+            n = out.n_obs_minibatch
             self._log_validation("validation_loss_average", out.loss)
+            self._log_validation("nll_validation_average", out.extra_metrics["nll"], n)
             if self._raw is not None:  # score the raw weights too
                 self._swap_out_average()
                 out = self.forward(batch, loss_kwargs=loss_kwargs)[2]
@@ -383,9 +412,14 @@ class ZiPoTrainingPlan(TrainingPlan):
         batch, loss_kwargs = self._validation_inputs(batch, batch_idx)
         return self.forward(batch, loss_kwargs=loss_kwargs)[2]
 
-    def _log_validation(self, name: str, value: torch.Tensor) -> None:
+    def _log_validation(self, name: str, value: torch.Tensor, n: int | None = None) -> None:
         self.log(
-            name, value, on_step=self.on_step, on_epoch=self.on_epoch, sync_dist=self.use_sync_dist
+            name,
+            value,
+            on_step=self.on_step,
+            on_epoch=self.on_epoch,
+            sync_dist=self.use_sync_dist,
+            batch_size=n,
         )
 
     def compute_and_log_metrics(self, loss_output, metrics, mode):
@@ -474,22 +508,31 @@ class ZiPoDataSplitter(DataSplitter):
 
 
 def loss_in_words(monitor: str, validation: str, molecule_split: float) -> tuple[str, str]:
-    """(short name, sentence) of the loss that early stopping and the LR schedule watch."""
-    penalties = "plus the model's penalties; lower is better"
-    if monitor == "train_loss":
-        return "training loss", f"mean negative log-likelihood per training cell, {penalties}"
+    """(short name, sentence) of the loss that early stopping and the LR schedule watch.
+
+    Examples
+    --------
+    >>> loss_in_words("nll_validation", "mcv", 0.9)[1].split(" (")[1]
+    "the counts' likelihood alone); lower is better"
+    """
+    if monitor.startswith("nll_"):
+        tail = " (the counts' likelihood alone); lower is better"
+    else:
+        tail = ", plus the model's penalties; lower is better"
+    if monitor in ("train_loss", "nll_train"):
+        return "training loss", f"mean negative log-likelihood per training cell{tail}"
+    held_out = f"{1 - molecule_split:.0%} of its molecules"
     if validation == "mcv":
         return "held-out loss", (
-            f"mean negative log-likelihood per cell of the {1 - molecule_split:.0%} of its "
-            f"molecules held out from training, {penalties}"
+            f"mean negative log-likelihood per cell of the {held_out} held out from training{tail}"
         )
     if validation == "molecules":
         return "held-out loss", (
-            f"mean negative log-likelihood per validation cell of the {1 - molecule_split:.0%} "
-            f"of its molecules hidden from the model, {penalties}"
+            f"mean negative log-likelihood per validation cell of the {held_out} hidden from the "
+            f"model{tail}"
         )
     return "validation loss", (
-        f"mean negative log-likelihood of the validation cells' counts per cell, {penalties}"
+        f"mean negative log-likelihood of the validation cells' counts per cell{tail}"
     )
 
 

@@ -35,9 +35,30 @@ def _history_table(source: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def _best_epoch(table: Mapping[str, np.ndarray], metrics: Sequence[str]) -> int | None:
-    """The epoch (1-based) of the lowest validation loss (else of the first validation metric)."""
-    keys = ["validation_loss", *(f"{m}_validation" for m in metrics)]
+def _watched(source: Any) -> str | None:
+    """The validation metric early stopping watched, from a model or an output file's settings."""
+    if isinstance(source, AnnData):
+        from .._defaults import preset
+        from .._training import monitored_metric
+
+        settings = source.uns.get("zipo", {}).get("settings", {})
+        name = (settings.get("model") or {}).get("preset") or "default"
+        metric = (settings.get("train") or {}).get("stopping_metric")
+        try:
+            return monitored_metric(metric or preset(name)[1]["stopping_metric"], True)
+        except ValueError:
+            return None
+    return getattr(source, "stopping_monitor", None)  # set by ZIPO.train
+
+
+def _best_epoch(
+    table: Mapping[str, np.ndarray], metrics: Sequence[str], watched: str | None = None
+) -> int | None:
+    """The epoch (1-based) of the lowest watched validation metric (default: the validation
+    loss, else the first validation metric).
+    """
+    keys = [*([watched] if watched else []), "validation_loss"]
+    keys += [f"{m}_validation" for m in metrics]
     for key in keys:
         values = table.get(key)
         if values is not None and np.isfinite(values).any():
@@ -73,7 +94,8 @@ def history(
     ``validation="molecules"`` (the default preset) the validation curves score the held-out
     10% of each validation cell's molecules, a scale about ten times smaller than the training
     curves', on which one shared axis would flatten them. A dotted line marks the best epoch
-    (lowest ``validation_loss``, the loss early stopping watches).
+    (the lowest value of what early stopping watched: ``validation_loss``, or ``nll_validation``
+    with ``stopping_metric="nll"``).
 
     Parameters
     ----------
@@ -101,7 +123,7 @@ def history(
     >>> fig = pl.history(model)
     """
     table = _history_table(source)
-    best = _best_epoch(table, metrics)
+    best = _best_epoch(table, metrics, _watched(source))
     kinds = {"train": "training", "validation": _validation_kind(source)}
     curves = [
         (metric, split, table[f"{metric}_{split}"])
