@@ -330,6 +330,12 @@ def test_gradual_pruning_callback_schedule():
     assert seen == sorted(seen) and seen[0] == 0.0
     assert seen[-1] == pytest.approx(0.8) and callback.done
     assert (layer.weight[layer.mask == 0] == 0).all()
+    # the kept epoch is chosen on what early stopping watches, else on the validation loss
+    stopper = SimpleNamespace(monitor="nll_validation")
+    for early, watched in ((stopper, "nll_validation"), (None, "validation_loss")):
+        pruner = GradualPruning(layer, 0.8, n_steps=10)
+        pruner.on_train_start(SimpleNamespace(early_stopping_callback=early), None)
+        assert pruner.monitor == watched
 
 
 def test_gradual_prune_reaches_sparsity_with_exact_zeros(model):

@@ -38,7 +38,6 @@ from torch.nn.utils import prune as torch_prune
 from ._components import MaskedLinear
 from ._defaults import MOLECULE_SPLIT, PRUNE_DELTA, PRUNE_SCHEDULE
 from ._metrics import log_normalise, thin_counts
-from ._training import monitored_metric
 
 #: Deltas of the sparsity and pruning curves (the paper's Fig. 10 spans 1e-6 .. 1e-1).
 DEFAULT_DELTAS: tuple[float, ...] = tuple(float(d) for d in np.logspace(-7, -1, 13))
@@ -611,7 +610,8 @@ class GradualPruning(Callback):
         first step on), so that each neuron adds up its genes.
     monitor
         Validation metric whose best value after pruning selects the weights kept (without
-        validation the last weights are kept).
+        validation the last weights are kept); None: the one early stopping watches
+        (``validation_loss`` where training has no early stopping).
     clusters
         A co-expression cluster label per gene (:func:`gene_clusters`, -1: none): at the first
         mask update each neuron is given the ``clusters_per_neuron`` clusters that carry most
@@ -629,7 +629,7 @@ class GradualPruning(Callback):
         n_updates: int = PRUNE_SCHEDULE["n_updates"],
         input_scale: torch.Tensor | None = None,
         nonnegative: bool = False,
-        monitor: str = "validation_loss",
+        monitor: str | None = None,
         clusters: np.ndarray | None = None,
         clusters_per_neuron: int = PRUNE_SCHEDULE["clusters_per_neuron"],
     ):
@@ -648,6 +648,9 @@ class GradualPruning(Callback):
                 self.layer.weight.clamp_(min=0.0)
 
     def on_train_start(self, trainer, pl_module):
+        if self.monitor is None:  # what early stopping watches (the preset's stopping_metric)
+            stopper = trainer.early_stopping_callback
+            self.monitor = stopper.monitor if stopper is not None else "validation_loss"
         self._project()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -997,9 +1000,6 @@ class SparsityMixin:
             ema_epochs=0.0,
         )
         kwargs.update(train_kwargs)
-        # the kept epoch is chosen on what early stopping watches (the preset's metric)
-        metric = kwargs.get("stopping_metric", defaults["stopping_metric"])
-        callback.monitor = monitored_metric(metric, has_validation=True)
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), callback]
         epochs_before = len(self.history["train_loss"]) if self.history else 0
         self.train(**kwargs)
