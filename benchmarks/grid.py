@@ -247,6 +247,33 @@ def report(out: Path) -> str:
     return "\n".join(lines)
 
 
+def paired(out: Path) -> str:
+    """ZIPO's study rows against the default, each on the seeds both have at a point."""
+    ok = _finished_in_grid_order(pd.read_csv(out / "rows.csv"))
+    lines = [
+        "| grid point | study row | seeds | study row's held-out Poisson | ZIPO (same seeds) "
+        "| change | epochs (study row, ZIPO) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for point, sub in ok.groupby("point", sort=False):
+        default = sub[sub["method"] == "ZIPO"].set_index("seed")
+        for method in dict.fromkeys(sub["method"]):
+            if not method.startswith("ZIPO ("):
+                continue
+            study = sub[sub["method"] == method].set_index("seed")
+            seeds = sorted(set(study.index) & set(default.index))
+            if not seeds:
+                continue
+            a, b = study.loc[seeds], default.loc[seeds]
+            change = 100 * _relative(a["poisson"].mean(), b["poisson"].mean())
+            lines.append(
+                f"| {point} | {method} | {', '.join(str(int(s)) for s in seeds)} "
+                f"| {a['poisson'].mean():.5f} | {b['poisson'].mean():.5f} | {change:+.2f}% "
+                f"| {a['epochs'].mean():.0f}, {b['epochs'].mean():.0f} |"
+            )
+    return "\n".join(lines)
+
+
 def _finished_in_grid_order(rows: pd.DataFrame) -> pd.DataFrame:
     """The rows without an error, sorted by their point's place in :data:`GRID` (others last),
     otherwise as they are."""
@@ -399,6 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     if out.resolve() == (REPO / "benchmarks/results/grid").resolve():
         page = body.replace("](margin.png)", "](benchmarks/results/grid/margin.png)")
         update_docs_section("benchmarks/grid.md", "grid", page)
+        update_docs_section("benchmarks/grid.md", "grid-paired", paired(out))
         update_readme_section(REPO / "README.md", "grid-glance", glance(out))
 
 

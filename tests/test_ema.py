@@ -210,15 +210,17 @@ def test_unknown_ema_monitor_is_refused(adata):
 
 def test_stopping_watches_the_loss_or_the_counts_nll(adata):
     assert preset("paper")[1]["stopping_metric"] == "loss"
-    assert preset("default")[1]["stopping_metric"] == "loss"
+    assert preset("default")[1]["stopping_metric"] == "nll"
     ZIPO.setup_anndata(adata)
     model = ZIPO(adata, **TINY)
     model.train(max_epochs=2, enable_progress_bar=False)
-    assert model.stopping_monitor == "validation_loss"
-    model.train(max_epochs=2, enable_progress_bar=False, stopping_metric="nll")
     assert model.stopping_monitor == "nll_validation"
     (stopper,) = [c for c in model.trainer.callbacks if isinstance(c, EarlyStopping)]
     assert stopper.monitor == "nll_validation"
+    model.train(max_epochs=2, enable_progress_bar=False, stopping_metric="loss")
+    assert model.stopping_monitor == "validation_loss"
+    (stopper,) = [c for c in model.trainer.callbacks if isinstance(c, EarlyStopping)]
+    assert stopper.monitor == "validation_loss"
     # without validation data the training NLL is watched, by the same rule
     model.train(
         max_epochs=1,
@@ -235,3 +237,38 @@ def test_unknown_stopping_metric_is_refused(adata):
     model = ZIPO(adata, **TINY)
     with pytest.raises(ValueError, match="stopping_metric 'elbo'"):
         model.train(max_epochs=1, enable_progress_bar=False, stopping_metric="elbo")
+
+
+def _stopper(model):
+    (stopper,) = [c for c in model.trainer.callbacks if isinstance(c, EarlyStopping)]
+    return stopper
+
+
+def test_patience_is_epochs_or_steps_whichever_is_fewer(adata):
+    assert preset("default")[1]["early_stopping_patience"] == 100
+    assert preset("paper")[1]["early_stopping_steps"] == 0
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, **TINY)
+    quiet = {"max_epochs": 1, "enable_progress_bar": False}
+    model.train(**quiet)  # 160 cells: one step per epoch, the 100 epochs are fewer
+    assert _stopper(model).patience == 100
+    model.train(batch_size=16, early_stopping_steps=25, **quiet)  # 10 steps per epoch
+    assert _stopper(model).patience == 3
+    model.train(batch_size=16, early_stopping_steps=0, early_stopping_patience=7, **quiet)
+    assert _stopper(model).patience == 7
+    with pytest.raises(ValueError, match="early_stopping_steps"):
+        model.train(early_stopping_steps=-1, **quiet)
+
+
+def test_lr_factor_one_means_no_plateau_cuts(adata):
+    ZIPO.setup_anndata(adata)
+    model = ZIPO(adata, **TINY)
+    quiet = {"max_epochs": 6, "enable_progress_bar": False, "batch_size": 64}
+    # a plateau schedule that would cut at every epoch, switched off by lr_factor=1
+    model.train(lr_factor=1.0, lr_patience=0, lr_threshold=1.0, **quiet)
+    assert model.trainer.lr_scheduler_configs == []
+    assert model.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3)
+    model.train(lr_factor=0.5, lr_patience=0, lr_threshold=1.0, **quiet)
+    assert model.trainer.optimizers[0].param_groups[0]["lr"] < 1e-3
+    with pytest.raises(ValueError, match="lr_factor"):
+        model.train(lr_factor=1.5, **quiet)

@@ -127,8 +127,8 @@ def test_mcv_validation_stops_early_and_keeps_the_best_epoch(adata):
         early_stopping_patience=3,
         ema_epochs=0,  # the raw weights: the ones validated are the ones kept
     )
-    watched = model.stopping_monitor  # the default preset: the held-out loss
-    assert watched == "validation_loss"
+    watched = model.stopping_monitor  # the default preset: the held-out counts' NLL
+    assert watched == "nll_validation"
     losses = model.history[watched][watched].to_numpy()
     assert len(losses) < 60  # stopped on the held-out molecules
     best = int(losses.argmin())
@@ -142,7 +142,7 @@ def test_mcv_validation_stops_early_and_keeps_the_best_epoch(adata):
     with torch.no_grad():
         for i, batch in enumerate(loader):
             out = plan._validation_loss(batch, i)
-            total += float(out.loss) * out.n_obs_minibatch
+            total += float(out.extra_metrics["nll"]) * out.n_obs_minibatch
             n += out.n_obs_minibatch
     assert total / n == pytest.approx(losses[best], rel=1e-4)
 

@@ -61,6 +61,7 @@ from ._training import (
     check_plan_kwargs,
     loss_in_words,
     monitored_metric,
+    stopping_patience,
     training_split,
 )
 from .data._backed import BackedCollection
@@ -461,7 +462,10 @@ alpha_w, alpha_theta, alpha_library
             good, and scored; validation runs over all cells, so ``train_size=1.0`` still
             validates).
         early_stopping
-            Stop when the validation loss has not improved for the preset's patience (30).
+            Stop when the watched validation metric has not improved for the preset's
+            patience: ``early_stopping_patience`` epochs (paper: 30; default preset: 100), or
+            fewer where ``early_stopping_steps`` optimiser steps (default preset: 4,000; paper:
+            0, no bound in steps) fit in fewer epochs; both may be given as keyword arguments.
         train_size
             Fraction of cells used for training (default preset: 1.0; paper: 0.9); the rest
             validate. With ``validation="mcv"`` every cell validates whatever this is; otherwise
@@ -479,9 +483,10 @@ alpha_w, alpha_theta, alpha_library
             Overrides for :class:`~zipo_scvi._training.ZiPoTrainingPlan` (``lr_decay``,
             ``lr_floor``, ``lr_patience``, ``lr_threshold``, ``lr_factor``, ``weight_decay``,
             ``ema_epochs``, ``stopping_metric``, ...; these names are also accepted as keyword
-            arguments of ``train`` itself). ``stopping_metric="nll"`` makes early stopping, the
-            plateau schedule and ``restore_best`` watch the held-out counts' negative
-            log-likelihood alone instead of the whole loss (``"loss"``, both presets).
+            arguments of ``train`` itself). ``stopping_metric="nll"`` (the default preset)
+            makes early stopping, the plateau schedule and ``restore_best`` watch the held-out
+            counts' negative log-likelihood alone instead of the whole loss (``"loss"``, the
+            paper). ``lr_factor=1`` (the default preset) turns the plateau schedule off.
         datasplitter_kwargs
             Passed to scvi's :class:`~scvi.dataloaders.DataSplitter`.
         **trainer_kwargs
@@ -508,6 +513,9 @@ alpha_w, alpha_theta, alpha_library
         check_plan_kwargs(plan_kwargs)
         plan.update(plan_kwargs or {})
         trainer_kwargs.setdefault("early_stopping_patience", defaults["early_stopping_patience"])
+        patience_steps = trainer_kwargs.pop("early_stopping_steps", None)
+        if patience_steps is None:
+            patience_steps = defaults["early_stopping_steps"]
         check_settings(
             {
                 **plan,
@@ -515,11 +523,15 @@ alpha_w, alpha_theta, alpha_library
                 "batch_size": batch_size,
                 "train_size": train_size,
                 "early_stopping_patience": trainer_kwargs["early_stopping_patience"],
+                "early_stopping_steps": patience_steps,
             }
         )
         split: dict[str, float | None] = {"train_size": train_size, "validation_size": None}
         has_validation = train_size < 1.0
-        if not (datasplitter_kwargs or {}).get("external_indexing"):
+        indexing = (datasplitter_kwargs or {}).get("external_indexing")
+        if indexing:
+            n_train = len(indexing[0])
+        else:
             n_obs = self.adata.n_obs
             n_train, n_val = training_split(n_obs, train_size, batch_size)
             has_validation = n_val > 0
@@ -548,6 +560,9 @@ alpha_w, alpha_theta, alpha_library
             trainer_kwargs, plan, monitor, early_stopping, has_validation, max_epochs
         )
         trainer_kwargs.setdefault("early_stopping_monitor", monitor)
+        trainer_kwargs["early_stopping_patience"] = stopping_patience(
+            trainer_kwargs["early_stopping_patience"], patience_steps, n_train, batch_size
+        )
         if has_validation:
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         else:  # scvi turns validation on for early stopping; there is nothing to validate

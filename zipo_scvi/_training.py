@@ -49,6 +49,27 @@ def monitored_metric(stopping_metric: str, has_validation: bool) -> str:
     return f"{mode}_loss" if stopping_metric == "loss" else f"nll_{mode}"
 
 
+def stopping_patience(epochs: int, steps: int, n_train: int, batch_size: int) -> int:
+    """Early stopping's patience in epochs: ``epochs``, or fewer where ``steps`` optimiser
+    steps (``0``: no such bound) fit in fewer epochs of ``n_train`` cells in minibatches of
+    ``batch_size``, so that on many cells training does not run a fixed number of long
+    epochs past its best.
+
+    Examples
+    --------
+    >>> stopping_patience(100, 4000, 2700, 256)  # 11 steps per epoch
+    100
+    >>> stopping_patience(100, 4000, 100_000, 256)  # 391 steps per epoch
+    11
+    >>> stopping_patience(100, 0, 100_000, 256)
+    100
+    """
+    if steps <= 0:
+        return epochs
+    per_epoch = max(math.ceil(n_train / batch_size), 1)
+    return max(min(epochs, math.ceil(steps / per_epoch)), 1)
+
+
 def training_split(n_obs: int, train_size: float, batch_size: int) -> tuple[int, int]:
     """Numbers of training and validation cells, with no last training minibatch of 1 or 2.
 
@@ -104,7 +125,8 @@ class ZiPoTrainingPlan(TrainingPlan):
 
     The learning rate starts at ``lr`` and is multiplied by ``lr_decay`` every epoch until it
     reaches ``lr_floor``; ReduceLROnPlateau then cuts it by ``lr_factor`` when the monitored loss
-    has not improved by a relative ``lr_threshold`` for ``lr_patience`` epochs.
+    has not improved by a relative ``lr_threshold`` for ``lr_patience`` epochs (``lr_factor=1``:
+    never).
 
     Parameters
     ----------
@@ -292,13 +314,17 @@ class ZiPoTrainingPlan(TrainingPlan):
         self._raw = self._ema = None
 
     def configure_optimizers(self):
-        """Adam with a relative-threshold ReduceLROnPlateau (pytorch-ignite's, as in II-G)."""
+        """Adam with a relative-threshold ReduceLROnPlateau (pytorch-ignite's, as in II-G);
+        Adam alone with ``lr_factor=1`` (no plateau cuts).
+        """
         params = [p for p in self.module.parameters() if p.requires_grad]
         # fused: one pass over each parameter per step (CPU and CUDA since torch 2.4)
         fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
         optimizer = torch.optim.Adam(
             params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=fused or None
         )
+        if self.lr_factor >= 1.0:
+            return optimizer
         scheduler = ReduceLROnPlateau(
             optimizer,
             mode="min",
