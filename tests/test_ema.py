@@ -208,6 +208,11 @@ def test_unknown_ema_monitor_is_refused(adata):
         model.train(max_epochs=1, enable_progress_bar=False, ema_monitor="both")
 
 
+def _stopper(model):
+    (stopper,) = [c for c in model.trainer.callbacks if isinstance(c, EarlyStopping)]
+    return stopper
+
+
 def test_stopping_watches_the_loss_or_the_counts_nll(adata):
     assert preset("paper")[1]["stopping_metric"] == "loss"
     assert preset("default")[1]["stopping_metric"] == "nll"
@@ -215,12 +220,10 @@ def test_stopping_watches_the_loss_or_the_counts_nll(adata):
     model = ZIPO(adata, **TINY)
     model.train(max_epochs=2, enable_progress_bar=False)
     assert model.stopping_monitor == "nll_validation"
-    (stopper,) = [c for c in model.trainer.callbacks if isinstance(c, EarlyStopping)]
-    assert stopper.monitor == "nll_validation"
+    assert _stopper(model).monitor == "nll_validation"
     model.train(max_epochs=2, enable_progress_bar=False, stopping_metric="loss")
     assert model.stopping_monitor == "validation_loss"
-    (stopper,) = [c for c in model.trainer.callbacks if isinstance(c, EarlyStopping)]
-    assert stopper.monitor == "validation_loss"
+    assert _stopper(model).monitor == "validation_loss"
     # without validation data the training NLL is watched, by the same rule
     model.train(
         max_epochs=1,
@@ -237,11 +240,6 @@ def test_unknown_stopping_metric_is_refused(adata):
     model = ZIPO(adata, **TINY)
     with pytest.raises(ValueError, match="stopping_metric 'elbo'"):
         model.train(max_epochs=1, enable_progress_bar=False, stopping_metric="elbo")
-
-
-def _stopper(model):
-    (stopper,) = [c for c in model.trainer.callbacks if isinstance(c, EarlyStopping)]
-    return stopper
 
 
 def test_patience_is_epochs_or_steps_whichever_is_fewer(adata):

@@ -137,9 +137,9 @@ DEFAULT_TRAIN_CHANGES: MappingProxyType = MappingProxyType(
         # docs/benchmarks/grid.md, "What stopping watches"): pbmc3k 500 HVGs -0.67%, hgmm1k
         # -0.35%, 2,000 HVGs and quarter depth -0.25%, immune559 all genes -0.18%, simulator
         # -0.10%, brain10k 500 genes -0.06%, pbmc3k all genes (seed 0) -0.1%; it trains
-        # 1.1-1.9x the epochs. The
-        # step bound keeps many cells from paying 100 long epochs (it binds above ~10,000
-        # cells, where 100 epochs exceed 4,000 steps of 256 cells: no grid point reaches it)
+        # 1.1-1.9x the epochs. The step bound keeps many cells from paying 100 long epochs (it
+        # binds above ~10,000 cells, where 100 epochs exceed 4,000 steps of 256 cells: no grid
+        # point reaches it)
         "stopping_metric": "nll",
         "lr_factor": 1.0,
         "early_stopping_patience": 100,

@@ -547,8 +547,8 @@ alpha_w, alpha_theta, alpha_library
         #: How the validation loss of the last training was scored ("cells", "molecules";
         #: None without validation cells); read by zipo_scvi.pl.history.
         self.validation_mode = plan["validation"] if has_validation else None
-        #: The logged metric early stopping watches (``validation_loss`` in both presets,
-        #: ``nll_validation`` with ``stopping_metric="nll"``); read by zipo_scvi.pl.history.
+        #: The logged metric early stopping watches (``nll_validation`` in the default preset,
+        #: ``validation_loss`` in the paper's); read by zipo_scvi.pl.history.
         self.stopping_monitor = monitor
         restore_best = defaults["restore_best"] if restore_best is None else restore_best
         if restore_best and early_stopping and has_validation:
