@@ -98,6 +98,7 @@ ZIPO_VARIANTS: dict[str, tuple[bool, dict[str, Any]]] = {
         True,
         {**_OFF, "encode_covariates": True, "batch_adversary": 30.0},
     ),
+    "ZIPO (batch, MMD 30)": (True, {"batch_mmd": 30.0}),
     "ZIPO (batch, MMD 100)": (True, {"batch_mmd": 100.0}),  # the previous default weight
     "ZIPO (batch)": (True, {}),  # the default preset: batch in encoder and decoder + MMD
     # stopping on the held-out counts' NLL alone (the loss also holds the library
