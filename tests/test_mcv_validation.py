@@ -8,7 +8,7 @@ import torch
 from scvi import REGISTRY_KEYS
 
 from zipo_scvi import ZIPO
-from zipo_scvi._metrics import _mix64, fixed_thinning
+from zipo_scvi._metrics import FixedThinning, _mix64, fixed_thinning
 from zipo_scvi._training import loss_in_words
 
 from .conftest import FAST, TINY
@@ -69,6 +69,25 @@ def test_fixed_thinning_is_a_binomial_partition_fixed_by_each_cell():
     y = x[:1].clone()
     y[0, 0] += 1
     assert not torch.equal(fixed_thinning(y, 0.5)[1][0, 1:], fixed_thinning(x[:1], 0.5)[1][0, 1:])
+
+
+def test_the_remembered_split_is_fixed_thinnings_bit_for_bit():
+    torch.manual_seed(1)
+    x = torch.poisson(torch.rand(200, 30) * 4)
+    x[7] = x[3]  # two cells with the same counts share one remembered split
+    x[11] = 0  # and so do cells without counts
+    split = FixedThinning(0.7)
+    for _ in range(3):  # shuffled minibatches, as training draws them: new and known cells
+        rows = torch.randperm(200)[:64]
+        for got, want in zip(split(x[rows]), fixed_thinning(x[rows], 0.7), strict=True):
+            assert torch.equal(got, want)
+    for got, want in zip(split(x), fixed_thinning(x, 0.7), strict=True):
+        assert torch.equal(got, want)
+    assert len(split) == len({tuple(row) for row in x.tolist()})
+    with pytest.raises(ValueError, match="non-negative"):
+        split(-x)
+    with pytest.raises(ValueError, match="fraction"):
+        FixedThinning(1.0)
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, 1.5])

@@ -148,9 +148,7 @@ def fixed_thinning(counts: torch.Tensor, fraction: float) -> tuple[torch.Tensor,
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must lie in (0, 1), not {fraction}.")
-    x = torch.round(dense_input(counts))
-    if (x < 0).any():
-        raise ValueError("Binomial thinning needs non-negative counts.")
+    x = _rounded_counts(counts)
     n = x.long()
     genes = _mix64(torch.arange(n.shape[1], device=n.device))
     cells = _mix64((n * genes).sum(dim=1))  # a key of the cell's counts (wrapping sum)
@@ -166,6 +164,79 @@ def fixed_thinning(counts: torch.Tensor, fraction: float) -> tuple[torch.Tensor,
     held_out = torch.zeros_like(x)
     held_out[rows, cols] = held.to(x.dtype)
     return x - held_out, held_out
+
+
+def _rounded_counts(counts: torch.Tensor) -> torch.Tensor:
+    x = torch.round(dense_input(counts))
+    if (x < 0).any():
+        raise ValueError("Binomial thinning needs non-negative counts.")
+    return x
+
+
+class FixedThinning:
+    """:func:`fixed_thinning` that works out each cell's split once and looks it up after.
+
+    The split is a function of a cell's counts, so it can be remembered under a key of those
+    counts (two 64-bit hashes of them, whose coincidence for two different cells is a chance
+    of about 1 in 2**128 per pair). Training with ``validation="mcv"`` splits every minibatch
+    at every step and validation; on deep data the per-molecule hashing took about 40% of the
+    training time (hgmm1k, 3,700 molecules per cell), and looking the splits up removes it.
+    The results are those of :func:`fixed_thinning`, bit for bit. The memory: each cell's
+    held-out entries (a ``1 - fraction`` share of its molecules; 8 bytes each), on the CPU.
+
+    Parameters
+    ----------
+    fraction
+        Share of the molecules kept, in ``(0, 1)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([[30.0, 0.0, 5.0], [1.0, 8.0, 0.0]])
+    >>> split = FixedThinning(0.9)
+    >>> kept, held_out = split(x)
+    >>> all(torch.equal(a, b) for a, b in zip(split(x.flip(0)), fixed_thinning(x.flip(0), 0.9)))
+    True
+    >>> len(split)  # cells remembered
+    2
+    """
+
+    def __init__(self, fraction: float):
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"fraction must lie in (0, 1), not {fraction}.")
+        self.fraction = fraction
+        self._held: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def __call__(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(X, Y)`` as :func:`fixed_thinning` returns them for ``counts``."""
+        x = _rounded_counts(counts)
+        n = x.long()
+        genes = _mix64(torch.arange(n.shape[1], device=n.device))
+        keys = list(
+            zip(
+                _mix64((n * genes).sum(dim=1)).tolist(),
+                _mix64((n * _mix64(genes)).sum(dim=1)).tolist(),
+                strict=True,
+            )
+        )
+        new = [i for i, key in enumerate(keys) if key not in self._held]
+        if new:
+            held = fixed_thinning(x[new], self.fraction)[1].cpu().numpy()
+            for row, i in zip(held, new, strict=True):
+                cols = np.flatnonzero(row)
+                self._held[keys[i]] = (cols.astype(np.int32), row[cols])
+        parts = [self._held[key] for key in keys]
+        rows = np.repeat(np.arange(len(parts)), [len(cols) for cols, _ in parts])
+        held_out = torch.zeros_like(x)
+        if len(rows):
+            cols = np.concatenate([cols for cols, _ in parts]).astype(np.int64)
+            values = torch.from_numpy(np.concatenate([values for _, values in parts]))
+            index = (torch.from_numpy(rows).to(x.device), torch.from_numpy(cols).to(x.device))
+            held_out[index] = values.to(x.device, x.dtype)
+        return x - held_out, held_out
 
 
 #: Counts per cell of log-normalised expression (scanpy's ``normalize_total`` + ``log1p``).

@@ -24,7 +24,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from ._defaults import MOLECULE_SPLIT, PAPER_TRAIN
-from ._metrics import fixed_thinning, thin_counts
+from ._metrics import FixedThinning, thin_counts
 
 VALIDATION_MODES = ("cells", "molecules", "mcv")
 EMA_MONITORS = ("average", "raw")
@@ -223,6 +223,8 @@ class ZiPoTrainingPlan(TrainingPlan):
         self.lr_decay, self.lr_floor = lr_decay, lr_floor
         self.validation, self.monitor = validation, monitor
         self.molecule_split = molecule_split
+        # validation="mcv": every cell's held-out molecules, looked up after the first time
+        self._fixed_split = FixedThinning(molecule_split) if validation == "mcv" else None
         self.train_split = float(train_split)
         self._epoch_sums: dict[str, torch.Tensor] = {}  # training metrics, summed per epoch
         self._epoch_cells = 0
@@ -351,7 +353,7 @@ class ZiPoTrainingPlan(TrainingPlan):
         """
         loss_kwargs = self.loss_kwargs
         if self.validation == "mcv":  # the molecules validation scores stay unseen
-            batch, _ = _split_fixed(batch, self.molecule_split)
+            batch, _ = _split_fixed(batch, self._fixed_split)
         if self.train_split < 1.0:
             batch, split = _split_molecules(batch, self.train_split, None)
             loss_kwargs = {**loss_kwargs, **split}
@@ -425,7 +427,7 @@ class ZiPoTrainingPlan(TrainingPlan):
         """The minibatch as validation encodes it, and the loss arguments that score it."""
         loss_kwargs = dict(self.loss_kwargs)
         if self.validation == "mcv":
-            batch, split = _split_fixed(batch, self.molecule_split)
+            batch, split = _split_fixed(batch, self._fixed_split)
             loss_kwargs.update(split)
         elif self.validation == "molecules":
             generator = torch.Generator(device="cpu").manual_seed(1_000_003 + batch_idx)
@@ -481,11 +483,11 @@ def _split_molecules(batch: dict, share: float, generator) -> tuple[dict, dict]:
     return _scored_split(batch, share, *thin_counts(x.cpu(), share, generator))
 
 
-def _split_fixed(batch: dict, share: float) -> tuple[dict, dict]:
+def _split_fixed(batch: dict, split: FixedThinning) -> tuple[dict, dict]:
     """As :func:`_split_molecules`, with the split ``validation="mcv"`` holds out for good
-    (:func:`~zipo_scvi._metrics.fixed_thinning`).
+    (:func:`~zipo_scvi._metrics.fixed_thinning`, each cell's worked out once).
     """
-    return _scored_split(batch, share, *fixed_thinning(batch[REGISTRY_KEYS.X_KEY], share))
+    return _scored_split(batch, split.fraction, *split(batch[REGISTRY_KEYS.X_KEY]))
 
 
 def _scored_split(batch: dict, share: float, seen, held_out) -> tuple[dict, dict]:
