@@ -146,12 +146,10 @@ def fixed_thinning(counts: torch.Tensor, fraction: float) -> tuple[torch.Tensor,
     >>> bool((k2.flip(0) == kept).all())
     True
     """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must lie in (0, 1), not {fraction}.")
+    _check_share(fraction)
     x = _rounded_counts(counts)
     n = x.long()
-    genes = _mix64(torch.arange(n.shape[1], device=n.device))
-    cells = _mix64((n * genes).sum(dim=1))  # a key of the cell's counts (wrapping sum)
+    genes, cells = _count_keys(n)
     rows, cols = n.nonzero(as_tuple=True)
     per_entry = n[rows, cols]
     entry = _mix64(cells[rows] ^ genes[cols])
@@ -166,11 +164,24 @@ def fixed_thinning(counts: torch.Tensor, fraction: float) -> tuple[torch.Tensor,
     return x - held_out, held_out
 
 
+def _check_share(fraction: float) -> None:
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must lie in (0, 1), not {fraction}.")
+
+
 def _rounded_counts(counts: torch.Tensor) -> torch.Tensor:
     x = torch.round(dense_input(counts))
     if (x < 0).any():
         raise ValueError("Binomial thinning needs non-negative counts.")
     return x
+
+
+def _count_keys(n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each gene's hash, and each cell's key: the hash of a wrapping sum of its counts times
+    the genes' hashes (int64 counts, cells x genes).
+    """
+    genes = _mix64(torch.arange(n.shape[1], device=n.device))
+    return genes, _mix64((n * genes).sum(dim=1))
 
 
 class FixedThinning:
@@ -202,8 +213,7 @@ class FixedThinning:
     """
 
     def __init__(self, fraction: float):
-        if not 0.0 < fraction < 1.0:
-            raise ValueError(f"fraction must lie in (0, 1), not {fraction}.")
+        _check_share(fraction)
         self.fraction = fraction
         self._held: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
@@ -214,14 +224,8 @@ class FixedThinning:
         """``(X, Y)`` as :func:`fixed_thinning` returns them for ``counts``."""
         x = _rounded_counts(counts)
         n = x.long()
-        genes = _mix64(torch.arange(n.shape[1], device=n.device))
-        keys = list(
-            zip(
-                _mix64((n * genes).sum(dim=1)).tolist(),
-                _mix64((n * _mix64(genes)).sum(dim=1)).tolist(),
-                strict=True,
-            )
-        )
+        genes, cells = _count_keys(n)  # fixed_thinning's key, and a second, independent one
+        keys = list(zip(cells.tolist(), _mix64((n * _mix64(genes)).sum(dim=1)).tolist()))
         new = [i for i, key in enumerate(keys) if key not in self._held]
         if new:
             held = fixed_thinning(x[new], self.fraction)[1].cpu().numpy()
