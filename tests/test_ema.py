@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 from zipo_scvi import ZIPO
 from zipo_scvi._defaults import preset
 from zipo_scvi._training import RestoreBest, TrainingReport, ZiPoTrainingPlan
+from zipo_scvi.pp import training_history
 
 from .conftest import TINY
 
@@ -37,6 +38,8 @@ class _Record(Callback):
 
 
 def _train(adata, ema_decay, ema_epochs=0.0, *, max_epochs=3, restore_best=False, **kwargs):
+    """A short training validated every epoch (``validation_steps=0``) unless told otherwise."""
+    kwargs.setdefault("validation_steps", 0)
     ZIPO.setup_anndata(adata)
     model = ZIPO(adata, seed=0, **TINY)
     record = _Record()
@@ -256,6 +259,45 @@ def test_patience_is_epochs_or_steps_whichever_is_fewer(adata):
     assert _stopper(model).patience == 7
     with pytest.raises(ValueError, match="early_stopping_steps"):
         model.train(early_stopping_steps=-1, **quiet)
+
+
+def test_validation_runs_every_few_epochs_of_few_steps_and_trains_the_same_weights(adata):
+    assert preset("default")[1]["validation_steps"] == 50
+    assert preset("paper")[1]["validation_steps"] == 0
+    quiet = {"max_epochs": 12, "seed": 0, "enable_progress_bar": False}
+    latents = {}
+    for steps in (0, 50):  # every epoch; every 5 epochs (one step each: 5 = 100 epochs / 20)
+        ZIPO.setup_anndata(adata)
+        model = ZIPO(adata, seed=0, **TINY)
+        model.train(validation_steps=steps, early_stopping=False, restore_best=False, **quiet)
+        latents[steps] = model.get_latent_representation()
+        validated = model.history["nll_validation"].index.to_list()
+        assert validated == (list(range(12)) if steps == 0 else [4, 9])
+        assert len(model.history["train_loss"]) == 12
+    # validation draws no random numbers: the weights train the same however often it runs
+    np.testing.assert_array_equal(latents[0], latents[50])
+    model = ZIPO(adata, seed=0, **TINY)
+    model.train(**quiet)  # the default: the patience still counts 100 epochs, in 20 checks
+    assert model.trainer.check_val_every_n_epoch == 5
+    assert _stopper(model).patience == 20
+    (report,) = [c for c in model.trainer.callbacks if isinstance(c, TrainingReport)]
+    assert "validating every 5 epochs" in report.summary
+    best = model.history["nll_validation_average"].iloc[:, 0].astype(float).idxmin() + 1
+    assert f"the model keeps the averaged weights of epoch {best}," in report.summary
+    model.train(max_epochs=3, enable_progress_bar=False)  # fewer epochs: validated at the end
+    assert model.trainer.check_val_every_n_epoch == 3
+    # the history goes on after the first training's 12 epochs (validated at 5 and 10)
+    history = training_history(model)
+    assert len(history["train_loss"]) == 15
+    assert np.flatnonzero(np.isfinite(history["nll_validation"])).tolist() == [4, 9, 14]
+    # the plateau schedule watches every epoch: the preset's cadence gives way to it ...
+    model.train(lr_factor=0.5, **quiet)
+    assert model.trainer.check_val_every_n_epoch == 1
+    # ... but asking for both is refused
+    with pytest.raises(ValueError, match="plateau schedule"):
+        model.train(lr_factor=0.5, validation_steps=50, **quiet)
+    with pytest.raises(ValueError, match="validation_steps"):
+        model.train(validation_steps=-1, **quiet)
 
 
 def test_lr_factor_one_means_no_plateau_cuts(adata):

@@ -7,6 +7,7 @@ from matplotlib.figure import Figure
 
 from zipo_scvi import ZIPO, pl
 from zipo_scvi.data import simulate_counts
+from zipo_scvi.pp import training_history
 
 
 @pytest.fixture(scope="module")
@@ -16,21 +17,23 @@ def trained():
     adata = simulate_counts(n_cells=80, n_genes=25, n_groups=2, seed=4)
     ZIPO.setup_anndata(adata)
     model = ZIPO(adata, likelihood="zip", encoder_sizes=(16, 4), library_sizes=(8, 4), seed=0)
-    model.train(max_epochs=3, batch_size=32, enable_progress_bar=False)
+    model.train(max_epochs=10, batch_size=32, enable_progress_bar=False)  # validated at 5, 10
     adata.obsm["X_zipo"] = model.get_latent_representation()
     adata.layers["zipo_denoised"] = model.get_normalized_expression(
         library_size="latent", return_numpy=True
     )
     adata.layers["zipo_zero_prob"] = model.get_likelihood_parameters()["zero_prob"]
-    history = {k: v.iloc[:, 0].tolist() for k, v in model.history.items()}
-    adata.uns["zipo"] = {"history": history}
+    adata.uns["zipo"] = {"history": training_history(model)}
     yield model, adata
     torch.set_num_threads(threads)
 
 
 def test_history_from_model_anndata_and_mapping(trained):
     model, adata = trained
-    best = int(model.history["validation_loss"].iloc[:, 0].to_numpy().argmin()) + 1
+    # validation every few epochs (the default on few cells): the history's index is the epoch
+    validation_loss = model.history["validation_loss"].iloc[:, 0].astype(float)
+    assert len(validation_loss) < len(model.history["train_loss"])
+    best = int(validation_loss.idxmin()) + 1
     for source in (model, adata, adata.uns["zipo"]["history"]):
         fig = pl.history(source)
         # training (top row) and validation (bottom row) on separate axes, NLL and MSE columns
@@ -42,8 +45,9 @@ def test_history_from_model_anndata_and_mapping(trained):
         assert validation.lines[0].get_label() == "validation"
         expected = model.history["nll_train"].iloc[:, 0].to_numpy(dtype=float)
         np.testing.assert_allclose(np.asarray(train.lines[0].get_ydata(), dtype=float), expected)
-        expected = model.history["nll_validation"].iloc[:, 0].to_numpy(dtype=float)
+        expected = model.history["nll_validation"].iloc[:, 0].astype(float)
         np.testing.assert_allclose(np.asarray(validation.lines[0].get_ydata(), float), expected)
+        np.testing.assert_array_equal(validation.lines[0].get_xdata(), expected.index + 1)
         assert list(validation.lines[1].get_xdata()) == [best, best]  # the best-epoch marker
     assert "held-out molecules" in pl.history(model).axes[2].get_title()
     assert len(pl.history(model, metrics=("nll",)).axes) == 2

@@ -58,6 +58,7 @@ SETTING_RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "ema_epochs": ("a number >= 0", lambda v: _number(v) and v >= 0),
     "early_stopping_patience": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
     "early_stopping_steps": ("an integer >= 0", lambda v: _integer(v) and v >= 0),
+    "validation_steps": ("an integer >= 0 (0: every epoch)", lambda v: _integer(v) and v >= 0),
     "encoder_sizes": (
         "a non-empty list of positive integers (the last is the number of latents)",
         lambda v: _sizes(v, allow_empty=False),

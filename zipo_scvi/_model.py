@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 from collections.abc import Iterator, Mapping, Sequence
@@ -63,6 +64,7 @@ from ._training import (
     monitored_metric,
     stopping_patience,
     training_split,
+    validation_interval,
 )
 from .data._backed import BackedCollection
 from .data._h5ad import (
@@ -466,6 +468,11 @@ alpha_w, alpha_theta, alpha_library
             patience: ``early_stopping_patience`` epochs (paper: 30; default preset: 100), or
             fewer where ``early_stopping_steps`` optimiser steps (default preset: 4,000; paper:
             0, no bound in steps) fit in fewer epochs; both may be given as keyword arguments.
+            Validation runs every epoch, or, with ``validation_steps`` (default preset: 50;
+            paper: 0), every few epochs where one epoch is fewer optimiser steps than that (at
+            most every twentieth of the patience); stopping and ``restore_best`` then choose
+            among the validated epochs. Validation draws no random numbers, so the weights train
+            the same either way.
         train_size
             Fraction of cells used for training (default preset: 1.0; paper: 0.9); the rest
             validate. With ``validation="mcv"`` every cell validates whatever this is; otherwise
@@ -516,6 +523,8 @@ alpha_w, alpha_theta, alpha_library
         patience_steps = trainer_kwargs.pop("early_stopping_steps", None)
         if patience_steps is None:
             patience_steps = defaults["early_stopping_steps"]
+        given_steps = trainer_kwargs.pop("validation_steps", None)
+        validation_steps = defaults["validation_steps"] if given_steps is None else given_steps
         check_settings(
             {
                 **plan,
@@ -524,6 +533,7 @@ alpha_w, alpha_theta, alpha_library
                 "train_size": train_size,
                 "early_stopping_patience": trainer_kwargs["early_stopping_patience"],
                 "early_stopping_steps": patience_steps,
+                "validation_steps": validation_steps,
             }
         )
         split: dict[str, float | None] = {"train_size": train_size, "validation_size": None}
@@ -560,15 +570,33 @@ alpha_w, alpha_theta, alpha_library
             trainer_kwargs, plan, monitor, early_stopping, has_validation, max_epochs
         )
         trainer_kwargs.setdefault("early_stopping_monitor", monitor)
-        trainer_kwargs["early_stopping_patience"] = stopping_patience(
+        patience = stopping_patience(
             trainer_kwargs["early_stopping_patience"], patience_steps, n_train, batch_size
         )
+        trainer_kwargs["early_stopping_patience"] = patience
         if has_validation:
-            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+            every = trainer_kwargs.get("check_val_every_n_epoch")
+            if every is None:
+                # the plateau schedule watches the validation loss every epoch
+                steps = validation_steps if plan["lr_factor"] >= 1 or given_steps else 0
+                every = validation_interval(steps, patience, n_train, batch_size)
+                every = min(every, max_epochs)  # validate at least once
+            if every > 1 and plan["lr_factor"] < 1:
+                raise ValueError(
+                    f"Validating every {every} epochs (validation_steps={validation_steps}, "
+                    "or check_val_every_n_epoch) does not go with the plateau schedule "
+                    f"(lr_factor={plan['lr_factor']}), which watches the validation loss "
+                    "every epoch; give validation_steps=0 or lr_factor=1."
+                )
+            trainer_kwargs["check_val_every_n_epoch"] = every
+            # the patience counts validations
+            trainer_kwargs["early_stopping_patience"] = math.ceil(patience / every)
         else:  # scvi turns validation on for early stopping; there is nothing to validate
             trainer_kwargs.setdefault("limit_val_batches", 0)
         self.module.train()  # scvi leaves the module in eval mode after training
-        return super().train(
+        trained = self.history_ or {}
+        before = len(trained["train_loss"]) if self.is_trained_ and "train_loss" in trained else 0
+        result = super().train(
             max_epochs=max_epochs,
             accelerator=accelerator,
             devices=devices,
@@ -579,6 +607,27 @@ alpha_w, alpha_theta, alpha_library
             **split,
             **trainer_kwargs,
         )
+        if before:
+            self._count_epochs_on(before)
+        return result
+
+    def _count_epochs_on(self, before: int) -> None:
+        """Index this training's history by epoch, after the ``before`` epochs of the earlier
+        trainings: scvi numbers the rows it appends ``len(previous), len(previous) + 1, ...``,
+        which puts validation run every few epochs at the wrong epochs.
+        """
+        logger = getattr(getattr(self, "trainer", None), "logger", None)
+        new = getattr(logger, "history", None)
+        if not isinstance(self.history_, dict) or not isinstance(new, Mapping):
+            return
+        for key, frame in new.items():
+            old = self.history_.get(key)
+            if old is None or len(old) < len(frame):
+                continue
+            frame = frame.copy()
+            frame.index = before + frame.index.to_numpy(dtype=int)
+            frame.index.name = old.index.name
+            self.history_[key] = pd.concat([old.iloc[: len(old) - len(frame)], frame])
 
     # ------------------------------------------------------------------ inference helpers
     def _batches(

@@ -10,8 +10,10 @@ import math
 import time
 import warnings
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
@@ -68,6 +70,59 @@ def stopping_patience(epochs: int, steps: int, n_train: int, batch_size: int) ->
         return epochs
     per_epoch = max(math.ceil(n_train / batch_size), 1)
     return max(min(epochs, math.ceil(steps / per_epoch)), 1)
+
+
+#: Early stopping's patience spans at least this many validations.
+PATIENCE_CHECKS = 20
+
+
+def validation_interval(steps: int, patience: int, n_train: int, batch_size: int) -> int:
+    """Epochs from one validation to the next: enough epochs of ``n_train`` cells in minibatches
+    of ``batch_size`` for about ``steps`` optimiser steps (``0``: every epoch), but at most a
+    twentieth of the ``patience`` (in epochs), so that stopping still weighs 20 validations.
+
+    Examples
+    --------
+    >>> validation_interval(50, 100, 1037, 256)  # 5 steps per epoch
+    5
+    >>> validation_interval(50, 100, 9909, 256)  # 39 steps per epoch
+    2
+    >>> validation_interval(50, 100, 20_000, 256), validation_interval(0, 100, 1037, 256)
+    (1, 1)
+    >>> validation_interval(50, 30, 1037, 256)  # a patience of 30 epochs: every epoch
+    1
+    """
+    if steps <= 0:
+        return 1
+    per_epoch = max(math.ceil(n_train / batch_size), 1)
+    return max(1, min(math.ceil(steps / per_epoch), patience // PATIENCE_CHECKS))
+
+
+def by_epoch(history: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Each logged metric's values over all epochs, ``nan`` where it was not logged (validation
+    metrics, when validation runs every few epochs).
+
+    ``history`` is ``model.history`` (data frames indexed by the epoch, from 0; ``ZIPO.train``
+    keeps the index counting on over later trainings) or plain sequences, taken as one value per
+    epoch.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> frames = {"train_loss": pd.DataFrame({"train_loss": [3.0, 2.0, 1.5]}),
+    ...           "nll_validation": pd.DataFrame({"nll_validation": [2.5]}, index=[1])}
+    >>> by_epoch(frames)["nll_validation"]
+    array([nan, 2.5, nan])
+    """
+    series = {}
+    for key, values in history.items():
+        if isinstance(values, pd.DataFrame):
+            values = values.iloc[:, 0]
+        if not isinstance(values, pd.Series):
+            values = pd.Series(np.asarray(values, dtype=float).ravel())
+        series[key] = values.astype(float)
+    n = max((int(v.index.max()) + 1 for v in series.values() if len(v)), default=0)
+    return {key: values.reindex(range(n)).to_numpy() for key, values in series.items()}
 
 
 def training_split(n_obs: int, train_size: float, batch_size: int) -> tuple[int, int]:
@@ -520,10 +575,20 @@ class ZiPoDataSplitter(DataSplitter):
         self.validate_all_cells = validate_all_cells
 
     def val_dataloader(self):
-        """Every cell with ``validate_all_cells``; otherwise scvi's validation cells."""
-        if not self.validate_all_cells:
-            return super().val_dataloader()
-        cells = np.sort(np.concatenate([self.train_idx, self.val_idx]))
+        """Every cell with ``validate_all_cells``; otherwise scvi's validation cells (none:
+        ``None``, as scvi).
+
+        The loader has a generator of its own: each pass over a torch ``DataLoader`` draws a
+        seed from its generator, by default torch's global one, so every validation would
+        otherwise move the random numbers training draws next (minibatch order, dropout,
+        noise), and the weights would depend on how often validation runs.
+        """
+        if self.validate_all_cells:
+            cells = np.sort(np.concatenate([self.train_idx, self.val_idx]))
+        else:
+            cells = self.val_idx
+        if not len(cells):
+            return None
         return self.data_loader_cls(
             self.adata_manager,
             indices=cells,
@@ -531,7 +596,7 @@ class ZiPoDataSplitter(DataSplitter):
             drop_last=False,
             load_sparse_tensor=self.load_sparse_tensor,
             pin_memory=self.pin_memory,
-            **self.data_loader_kwargs,
+            **{"generator": torch.Generator(), **self.data_loader_kwargs},
         )
 
 
@@ -675,17 +740,18 @@ class TrainingReport(Callback):
         frame = history.get(self.monitor) if isinstance(history, Mapping) else None
         epochs = trainer.current_epoch
         name, meaning = self.words
+        every = trainer.check_val_every_n_epoch or 1
         if stopped:
             how = (
                 f"and stopped early (cap {trainer.max_epochs}): the {name} had not improved "
-                f"for {stopped[0].patience} epochs"
+                f"for {stopped[0].patience * every} epochs"
             )
         else:
             how = "(the epoch cap)"
         best = ""
-        if frame is not None and len(frame):
-            values = frame.iloc[:, 0].astype(float).to_numpy()
-            i = int(values.argmin())
+        values = by_epoch({"watched": frame})["watched"] if frame is not None else []
+        if len(values) and np.isfinite(values).any():
+            i = int(np.nanargmin(values))
             # RestoreBest may watch another loss (ema_monitor="raw": the average's)
             restorer = next((c for c in trainer.callbacks if isinstance(c, RestoreBest)), None)
             keep = epochs if restorer is None else (restorer.best_epoch or i + 1)
@@ -700,6 +766,8 @@ class TrainingReport(Callback):
                 kept = f"; the model keeps epoch {keep}'s weights"
             best = f" Best {name}: {values[i]:.6g} at epoch {i + 1}{kept}. The {name} is the "
             best += f"{meaning}."
+        if every > 1:
+            how += f", validating every {every} epochs"
         self.summary = f"ZIPO trained {epochs} epochs in {elapsed} {how}.{best}"
         if self.verbose and trainer.is_global_zero:
             print(self.summary, flush=True)

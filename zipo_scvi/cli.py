@@ -21,6 +21,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .pp import training_history
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 #: Parameters of the embedded default dataset (the package's simulator).
@@ -309,10 +311,6 @@ def _command(args: argparse.Namespace) -> str:
 
 
 # ---------------------------------------------------------------------- denoise
-def _history(model) -> dict[str, list[float]]:
-    return {key: [float(v) for v in frame.iloc[:, 0]] for key, frame in model.history.items()}
-
-
 def _read_backed(args: argparse.Namespace, fmt: str | None):
     """Open an .h5ad input backed (counts stay on disk); see :func:`zipo_scvi.read_backed`."""
     from .data import InputError, read_backed
@@ -470,7 +468,7 @@ def _denoise(args: argparse.Namespace) -> int:
         _save_model(model, paths["--save-model"], save_anndata=not backed)
     uns = {
         "settings": {group: values for group, values in settings.items() if values},
-        "history": _history(model),
+        "history": training_history(model),
         "epochs_trained": epochs,
         "input": source,
         "command": _command(args),
@@ -570,7 +568,7 @@ def _apply_model(args: argparse.Namespace, adata, source: str, paths, backed: bo
     uns = {
         "model": str(Path(args.model).resolve()),
         "setup": setup,
-        "history": _history(model),
+        "history": training_history(model),
         "input": source,
         "command": _command(args),
         "version": __version__,
@@ -770,7 +768,7 @@ def _info(args: argparse.Namespace) -> int:
             if key.startswith(("nll_", "mse_"))
         }
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(last.items()))
-        print(f"trained: {len(history['train_loss'])} epochs; last epoch {metrics}")
+        print(f"trained: {len(history['train_loss'])} epochs; last values {metrics}")
     if hasattr(model, "first_layer_sparsity"):
         from ._defaults import PRUNE_DELTA
 

@@ -12,8 +12,12 @@ if TYPE_CHECKING:
 
 
 def training_history(model: ZIPO) -> dict[str, list[float]]:
-    """``model.history`` as plain lists per metric (what ``uns["zipo"]["history"]`` holds)."""
-    return {key: [float(v) for v in frame.iloc[:, 0]] for key, frame in model.history.items()}
+    """``model.history`` as plain lists per metric, one value per epoch, ``nan`` where
+    validation did not run (what ``uns["zipo"]["history"]`` holds).
+    """
+    from ._training import by_epoch
+
+    return {key: values.tolist() for key, values in by_epoch(model.history).items()}
 
 
 def denoise(

@@ -27,12 +27,9 @@ def _history_table(source: Any) -> dict[str, np.ndarray]:
         source = source.history
         if not source:
             raise ValueError("the model has no training history; train it first")
-    out = {}
-    for key, values in source.items():
-        if isinstance(values, pd.DataFrame):
-            values = values.iloc[:, 0]
-        out[key] = np.asarray(values, dtype=float).ravel()
-    return out
+    from .._training import by_epoch
+
+    return by_epoch(source)
 
 
 def _watched(source: Any) -> str | None:
@@ -140,7 +137,14 @@ def history(
     for metric, split, values in curves:
         ax = grid[rows[split], shown.index(metric)]
         epochs = np.arange(1, values.size + 1)
-        ax.plot(epochs, values, "-" if split == "train" else "--", marker=".", label=split)
+        shown_at = np.isfinite(values)  # validation may run every few epochs
+        ax.plot(
+            epochs[shown_at],
+            values[shown_at],
+            "-" if split == "train" else "--",
+            marker=".",
+            label=split,
+        )
         if best is not None:
             ax.axvline(best, color="0.4", ls=":", lw=1, label=f"best epoch {best}")
         ax.set_title(f"{metric.upper()}, {kinds[split]}", fontsize="medium")
