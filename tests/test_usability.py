@@ -178,9 +178,10 @@ def test_scvi_getter_arguments_are_accepted_with_honest_meaning(trained):
 def test_history_holds_no_vae_only_series(trained):
     history = trained.history
     assert not [k for k in history if k.startswith(("elbo_", "kl_"))]
-    for key in ("train_loss", "validation_loss", "reconstruction_loss_train",
-                "reconstruction_loss_validation", "nll_train", "nll_validation"):  # fmt: skip
-        assert len(history[key]) == 2, key
+    for key in ("train_loss", "reconstruction_loss_train", "nll_train"):
+        assert len(history[key]) == 2, key  # every epoch
+    for key in ("validation_loss", "reconstruction_loss_validation", "nll_validation"):
+        assert len(history[key]) >= 1, key  # every few epochs on few cells
 
 
 def test_differential_expression_explains_what_to_use(trained):

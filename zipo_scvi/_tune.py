@@ -203,7 +203,8 @@ def _objective_fn(
         if objective == "validation_nll":
             # the paper's validation NLL of its validation cells, of the weights that were
             # validated (no averaging), so the objective is the last value reported each epoch
-            for key in ("validation", "train_size", "ema_epochs"):
+            # (validation every epoch: the pruner sees the whole learning curve)
+            for key in ("validation", "train_size", "ema_epochs", "validation_steps"):
                 settings.setdefault(key, PAPER_TRAIN[key])
         preset, model_kwargs, train_kwargs = split_settings(settings)
         trial.set_user_attr("preset", preset)
