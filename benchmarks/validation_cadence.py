@@ -2,8 +2,8 @@
 
 Usage (from the repository root)::
 
-    OMP_NUM_THREADS=1 python benchmarks/validation_cadence.py hgmm1k-2000 immune559-all \\
-        pbmc3k-2000 brain10k-500 --epochs 30
+    python benchmarks/validation_cadence.py hgmm1k-2000 immune559-all pbmc3k-2000 \\
+        brain10k-500 --epochs 30 [--threads 1]
 
 For each grid point (``benchmarks/grid.py``), the default preset is trained ``--epochs`` epochs
 without early stopping from the same seed, with ``validation_steps=0`` (validation every epoch)
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("points", nargs="+", help="grid point names")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/validation_cadence.json"))
     args = parser.parse_args(argv)
 
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     from zipo_scvi import ZIPO
     from zipo_scvi._defaults import preset
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cadence = preset("default")[1]["validation_steps"]
     results = {}
     for name in args.points:
