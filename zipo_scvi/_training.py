@@ -68,8 +68,12 @@ def stopping_patience(epochs: int, steps: int, n_train: int, batch_size: int) ->
     """
     if steps <= 0:
         return epochs
-    per_epoch = max(math.ceil(n_train / batch_size), 1)
-    return max(min(epochs, math.ceil(steps / per_epoch)), 1)
+    return max(min(epochs, math.ceil(steps / _steps_per_epoch(n_train, batch_size))), 1)
+
+
+def _steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimiser steps in an epoch of ``n_train`` cells (at least one)."""
+    return max(math.ceil(n_train / batch_size), 1)
 
 
 #: Early stopping's patience spans at least this many validations.
@@ -94,7 +98,7 @@ def validation_interval(steps: int, patience: int, n_train: int, batch_size: int
     """
     if steps <= 0:
         return 1
-    per_epoch = max(math.ceil(n_train / batch_size), 1)
+    per_epoch = _steps_per_epoch(n_train, batch_size)
     return max(1, min(math.ceil(steps / per_epoch), patience // PATIENCE_CHECKS))
 
 
