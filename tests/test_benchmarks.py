@@ -365,3 +365,29 @@ def test_integration_rescore_trains_nothing(tmp_path, monkeypatch):
     integration.main(["--rescore", "--no-docs", "--out", str(tmp_path)])
     assert (tmp_path / "table.md").exists()
     assert json.loads((tmp_path / "runs.jsonl").read_text()) == row
+
+
+def test_speed_times_each_model_to_a_trained_model(tmp_path, monkeypatch):
+    """``--to-model-only`` trains each model to the end, scores it and writes the table."""
+    import json
+
+    from benchmarks import _harness, speed
+
+    fast = {"max_epochs": 3}
+    monkeypatch.setattr(speed, "OUT", tmp_path)
+    monkeypatch.setattr(
+        speed,
+        "TO_MODEL",
+        {
+            "ZIPO default": lambda train, seed: _harness.run_zipo(train, seed, train=fast),
+            "scVI defaults": lambda train, seed: _harness.run_scvi(train, seed, train=fast),
+        },
+    )
+    speed.main(["--to-model-only", "--n-cells", "80", "--n-genes", "30", "--no-readme"])
+    timed = json.loads((tmp_path / "to_model.json").read_text())
+    assert timed["device"] == "cpu" and timed["n_cells"] == 80
+    for label in ("ZIPO default", "scVI defaults"):
+        assert timed[label]["epochs"] == 3 and timed[label]["seconds"] > 0
+        assert np.isfinite(timed[label]["poisson"])
+    table = (tmp_path / "table.md").read_text()
+    assert "| scVI defaults |" in table and "time vs ZIPO" in table
