@@ -415,9 +415,7 @@ def main(argv=None) -> None:
     adata = _simulate(n, g)
     if args.to_model or args.to_model_only:
         timed = time_to_model(adata.copy())
-        machine = machine_info()
-        machine["load_avg_start"] = f"{load_start:.2f}"
-        machine["torch_threads"] = str(torch.get_num_threads())
+        machine = _machine(load_start)
         argv_used = list(argv if argv is not None else sys.argv[1:])
         timed.update(
             {
@@ -487,16 +485,23 @@ def main(argv=None) -> None:
         _simulate(args.rss_cells, g, seed=2).write_h5ad(path)
         results["rss"] = [measure_rss(path, sparse) for sparse in (True, False)]
     log(f"rss: {results['rss']}")
-    machine = machine_info()
-    machine["load_avg_start"] = f"{load_start:.2f}"
-    machine["torch_threads"] = str(torch.get_num_threads())
-    results["machine"] = machine
+    results["machine"] = _machine(load_start)
     results["minutes"] = (time.perf_counter() - started) / 60
     results["date"] = dt.date.today().isoformat()
     results["argv"] = list(argv if argv is not None else sys.argv[1:])
     (OUT / "speed.json").write_text(json.dumps(results, indent=1, default=float))
     figure(results, OUT / "speed.png")
     _write_report(results, args.no_readme)
+
+
+def _machine(load_start: float) -> dict[str, str]:
+    """:func:`machine_info` with the load average at the start and torch's threads."""
+    import torch
+
+    machine = machine_info()
+    machine["load_avg_start"] = f"{load_start:.2f}"
+    machine["torch_threads"] = str(torch.get_num_threads())
+    return machine
 
 
 def _write_report(results: dict | None, no_docs: bool) -> None:
