@@ -157,6 +157,23 @@ def controls(adata, seeds) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: The row label of a simulation's true rates scored as a denoiser (not a peer: the best any
+#: method can do on held-out Poisson, and the control that shows what the MSE of ``log1p``
+#: of rates does to perfect rates).
+TRUTH = "truth (the simulation's rates)"
+
+
+def truth_rows(adata, seeds) -> list[dict]:
+    """Per seed, the simulation's true rates scored like a method's output (none without)."""
+    rows = []
+    for seed in seeds:
+        train, test = mcv_split(adata, fraction=0.9, seed=seed)
+        if "true_rate" in train.layers:
+            scores = score_mcv(train.layers["true_rate"], test, train)
+            rows.append({"method": TRUTH, "seed": seed, **scores})
+    return rows
+
+
 def add_scaled(rows: pd.DataFrame, ctrl: pd.DataFrame) -> pd.DataFrame:
     """Scaled scores per row: 0 = the ``none`` control of the same seed, 1 = perfect."""
     none = rows[rows["method"] == CONTROL].set_index("seed")[["poisson", "mse"]]
@@ -197,7 +214,9 @@ def report(out: Path) -> str:
         " method's rates predict at the held-out depth (`zipo_scvi._metrics.mcv_log_mse`)"
         " instead of `log1p` of the rates, which overstates genes expected at under one"
         " molecule; the `none` row shows what that step alone gives to the raw counts (taken"
-        " as rates); blank for rows run before it was added.",
+        " as rates); blank for rows run before it was added. On the simulation the truth's own"
+        " rates are scored too (not a peer): they score below `none` on the MSE of `log1p` of"
+        " rates and above every method on the expected log.",
         "",
         "| grid point | shape | method | "
         + " | ".join(COLUMNS[m] for m in metrics)
@@ -284,8 +303,8 @@ def _finished_in_grid_order(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _is_peer(method: str) -> bool:
-    """A peer is any method but ZIPO (its default and study rows) and ``none``."""
-    return not method.startswith(("ZIPO", "none"))
+    """A peer is any method but ZIPO (its default and study rows), ``none`` and the truth."""
+    return not method.startswith(("ZIPO", "none")) and method != TRUTH
 
 
 def _peers(mean):
@@ -409,6 +428,7 @@ def main(argv: list[str] | None = None) -> None:
                     rerun=args.rerun,
                 )
             seeds = sorted({int(row["seed"]) for row in rows})
+            rows = [row for row in rows if row["method"] != TRUTH] + truth_rows(adata, seeds)
             frame = add_scaled(pd.DataFrame(rows), controls(adata, seeds))
             frame.insert(0, "point", point.name)
             frame.insert(1, "shape", f"{adata.n_obs} x {adata.n_vars}")

@@ -244,6 +244,10 @@ def test_grid_rebuild_scores_the_part_files_without_running(tmp_path, monkeypatc
     tiny = rows[rows["point"] == point.name].set_index(["method", "seed"])
     assert tiny.loc[("none (D = X)", 1), "poisson_scaled"] == 0
     assert 0 < tiny.loc[("ZIPO", 1), "poisson_scaled"] < 1
+    # the simulation's true rates are scored like a method, the best possible, and no peer
+    assert tiny.loc[(grid.TRUTH, 1), "oracle_share"] == pytest.approx(1.0)
+    assert tiny.loc[(grid.TRUTH, 1), "mse_log"] < tiny.loc[(grid.TRUTH, 1), "mse"]
+    assert not grid._is_peer(grid.TRUTH) and grid._is_peer("scVI Poisson")
     assert not (tmp_path / "meta.json").exists()  # the command that made the rows is kept
 
 
