@@ -633,6 +633,23 @@ def _verdict(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _dates(results: list[dict]) -> str:
+    """When the results were run: one date, or each data set's where they differ.
+
+    Examples
+    --------
+    >>> _dates([{"dataset": "a", "date": "2026-12-05"}, {"dataset": "b", "date": "2026-12-05"}])
+    '2026-12-05'
+    >>> _dates([{"dataset": "a", "date": "2026-12-05"}, {"dataset": "b", "date": "2026-12-04"}])
+    'a 2026-12-05, b 2026-12-04'
+    """
+    if not results:
+        return "not run"
+    if len({r["date"] for r in results}) == 1:
+        return results[0]["date"]
+    return ", ".join(f"{r['dataset']} {r['date']}" for r in results)
+
+
 def readme_block(results: list[dict], markers: bool) -> str:
     """The README's table: the default's zeros, held-out change and coherence, LDVAE beside."""
     lines = [
@@ -654,7 +671,7 @@ def readme_block(results: list[dict], markers: bool) -> str:
             + (f"{ldvae['coherent']:.0%}, {_change(ldvae['poisson'], base):+.0%}" if ldvae else "")
             + " |"
         )
-    when = results[0]["date"] if results else "not run"
+    when = _dates(results)
     info = results[0]["machine"] if results else {}
     text = "\n".join(lines) + (
         f"\n\nOne seed, {when}, {info.get('cpu', '?')} ({info.get('cores', '?')} cores). "
@@ -726,7 +743,7 @@ def render() -> None:
         min_genes=PRUNE_SCHEDULE["min_module_genes"],
         per_neuron=PRUNE_SCHEDULE["clusters_per_neuron"],
         n_random=COHERENCE["n_random"],
-        when=results[0]["date"] if results else "not run",
+        when=_dates(results),
         machine=f"{info.get('cpu', '?')}, {info.get('cores', '?')} cores, 1 torch thread",
         commands=" then ".join(f"`{c}`" for c in meta.get("commands", [])) or "(none yet)",
         table=table,
