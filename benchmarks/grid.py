@@ -143,35 +143,28 @@ def load_point(point: Point, seed: int = 0):
     return adata, desc
 
 
-def controls(adata, seeds) -> pd.DataFrame:
-    """Per seed: the scores of perfect denoising (``D = Y``) and, with a truth, of the truth."""
-    rows = []
-    for seed in seeds:
-        train, test = mcv_split(adata, fraction=0.9, seed=seed)
-        total_x, total_y = float(train.X.sum()), float(test.sum())
-        perfect = score_mcv(test * (total_x / total_y), test, train)
-        row = {"seed": seed, "poisson_perfect": perfect["poisson"], "mse_perfect": perfect["mse"]}
-        if "true_rate" in train.layers:
-            row["poisson_oracle"] = score_mcv(train.layers["true_rate"], test, train)["poisson"]
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 #: The row label of a simulation's true rates scored as a denoiser (not a peer: the best any
 #: method can do on held-out Poisson, and the control that shows what the MSE of ``log1p``
 #: of rates does to perfect rates).
 TRUTH = "truth (the simulation's rates)"
 
 
-def truth_rows(adata, seeds) -> list[dict]:
-    """Per seed, the simulation's true rates scored like a method's output (none without)."""
-    rows = []
+def controls(adata, seeds) -> tuple[pd.DataFrame, list[dict]]:
+    """Per seed, the scores of perfect denoising (``D = Y``) and, where the data have a truth,
+    the truth scored like a method's output: the controls (with the truth's Poisson as
+    ``poisson_oracle``) and the truth's rows (none without a truth)."""
+    rows, truth = [], []
     for seed in seeds:
         train, test = mcv_split(adata, fraction=0.9, seed=seed)
+        total_x, total_y = float(train.X.sum()), float(test.sum())
+        perfect = score_mcv(test * (total_x / total_y), test, train)
+        row = {"seed": seed, "poisson_perfect": perfect["poisson"], "mse_perfect": perfect["mse"]}
         if "true_rate" in train.layers:
             scores = score_mcv(train.layers["true_rate"], test, train)
-            rows.append({"method": TRUTH, "seed": seed, **scores})
-    return rows
+            row["poisson_oracle"] = scores["poisson"]
+            truth.append({"method": TRUTH, "seed": seed, **scores})
+        rows.append(row)
+    return pd.DataFrame(rows), truth
 
 
 def add_scaled(rows: pd.DataFrame, ctrl: pd.DataFrame) -> pd.DataFrame:
@@ -428,8 +421,8 @@ def main(argv: list[str] | None = None) -> None:
                     rerun=args.rerun,
                 )
             seeds = sorted({int(row["seed"]) for row in rows})
-            rows = [row for row in rows if row["method"] != TRUTH] + truth_rows(adata, seeds)
-            frame = add_scaled(pd.DataFrame(rows), controls(adata, seeds))
+            ctrl, truth = controls(adata, seeds)
+            frame = add_scaled(pd.DataFrame(rows + truth), ctrl)
             frame.insert(0, "point", point.name)
             frame.insert(1, "shape", f"{adata.n_obs} x {adata.n_vars}")
             _replace_point(out / "rows.csv", point.name, frame)

@@ -412,16 +412,15 @@ def main(argv=None) -> None:
     load_start = os.getloadavg()[0]
     started = time.perf_counter()
     n, g = args.n_cells, args.n_genes
+    argv_used = list(argv if argv is not None else sys.argv[1:])
     adata = _simulate(n, g)
     if args.to_model or args.to_model_only:
         timed = time_to_model(adata.copy())
-        machine = _machine(load_start)
-        argv_used = list(argv if argv is not None else sys.argv[1:])
         timed.update(
             {
                 "n_cells": n,
                 "n_genes": g,
-                "machine": machine,
+                "machine": _machine(load_start),
                 "argv": argv_used,
                 "date": dt.date.today().isoformat(),
             }
@@ -488,7 +487,7 @@ def main(argv=None) -> None:
     results["machine"] = _machine(load_start)
     results["minutes"] = (time.perf_counter() - started) / 60
     results["date"] = dt.date.today().isoformat()
-    results["argv"] = list(argv if argv is not None else sys.argv[1:])
+    results["argv"] = argv_used
     (OUT / "speed.json").write_text(json.dumps(results, indent=1, default=float))
     figure(results, OUT / "speed.png")
     _write_report(results, args.no_readme)
