@@ -108,6 +108,9 @@ ZIPO_VARIANTS: dict[str, tuple[bool, dict[str, Any]]] = {
     # the encoder reads log1p of the raw counts (scVI's input, the paper's) instead of log1p
     # of counts scaled to 10,000 per cell
     "ZIPO (batch, log1p input)": (True, {"input_transform": "log1p"}),
+    # the encoder reads log1p of counts scaled to the training cells' median total
+    "ZIPO (no batch, median-scaled input)": (False, {"input_target_sum": "median"}),
+    "ZIPO (batch, median-scaled input)": (True, {"input_target_sum": "median"}),
 }
 PEERS = ("scVI (Poisson, batch)", "PCA (unintegrated)", "Harmony")
 DATASETS = ("sim", "hgmm1k", "pbmc3k", "two10x")

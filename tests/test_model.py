@@ -422,3 +422,49 @@ def test_input_dropout_keeps_zeros_and_sparse_layout():
     csr = drop_input(x.to_sparse_csr(), 0.25)
     assert csr.layout == torch.sparse_csr and csr.values().numel() == int((x > 0).sum())
     assert drop_input(x, 0.0) is x
+
+
+def test_input_target_sum_scales_the_encoder_input():
+    from zipo_scvi._components import INPUT_TRANSFORMS
+
+    x = torch.poisson(torch.full((6, 30), 2.0))
+    x[0] = 0  # an empty cell stays zero
+    got = INPUT_TRANSFORMS["log1p_norm"](x, torch.tensor(50.0))
+    total = x.sum(1, keepdim=True).clamp_min(1)
+    torch.testing.assert_close(got, torch.log1p(x * 50.0 / total))
+    module = ZiPoModule(30, encoder_sizes=(16, 4), input_target_sum=50.0)
+    assert float(module.state_dict()["input_target_sum"]) == 50.0
+
+
+def test_median_input_target_sum_is_fixed_at_training(adata, tmp_path):
+    ZIPO.setup_anndata(adata)
+    m = ZIPO(adata, input_target_sum="median", **TINY)
+    median = float(np.median(np.asarray(adata.X.sum(1)).ravel()))
+    assert float(m.module.input_target_sum) == median
+    assert m.hyperparameters["input_target_sum"] == "median"
+    m.train(**FAST)
+    m.save(tmp_path / "m", overwrite=True)
+    # a new data set with another median is read on the training data's scale
+    new = adata[:60].copy()
+    new.X = new.X * 3
+    loaded = ZIPO.load(tmp_path / "m", adata=new)
+    assert float(loaded.module.input_target_sum) == median
+    np.testing.assert_allclose(
+        loaded.get_latent_representation(), m.get_latent_representation(new), rtol=1e-6
+    )
+
+
+def test_models_saved_without_an_input_target_sum_read_1e4(adata):
+    ZIPO.setup_anndata(adata)
+    state = ZIPO(adata, **TINY).module.state_dict()
+    del state["input_target_sum"]
+    module = ZIPO(adata, input_target_sum=77.0, **TINY).module
+    module.load_state_dict(state)
+    assert float(module.input_target_sum) == 1e4
+
+
+@pytest.mark.parametrize("value", [0, -5.0, "mean"])
+def test_bad_input_target_sum_is_named(adata, value):
+    ZIPO.setup_anndata(adata)
+    with pytest.raises(ValueError, match="input_target_sum"):
+        ZIPO(adata, input_target_sum=value, **TINY)

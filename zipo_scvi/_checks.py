@@ -65,6 +65,10 @@ SETTING_RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     ),
     "decoder_sizes": ("a list of positive integers", lambda v: _sizes(v, allow_empty=True)),
     "library_sizes": ("a list of positive integers", lambda v: _sizes(v, allow_empty=True)),
+    "input_target_sum": (
+        'a number > 0 or "median"',
+        lambda v: v == "median" or (_number(v) and v > 0),
+    ),
     "input_dropout": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
     "latent_noise": ("a number >= 0", lambda v: _number(v) and v >= 0),
     **{

@@ -83,16 +83,17 @@ def _row_sums(x: torch.Tensor) -> torch.Tensor:
     return x.sum(1, keepdim=True)
 
 
-def _log1p_norm(x: torch.Tensor) -> torch.Tensor:
-    """log1p of counts scaled to 1e4 per cell (empty cells stay zero)."""
+def _log1p_norm(x: torch.Tensor, target_sum: torch.Tensor | float = 1e4) -> torch.Tensor:
+    """log1p of counts scaled to ``target_sum`` per cell (empty cells stay zero)."""
     total = _row_sums(x)
-    factor = torch.where(total > 0, 1e4 / total.clamp_min(1e-12), torch.zeros_like(total))
+    factor = torch.where(total > 0, target_sum / total.clamp_min(1e-12), torch.zeros_like(total))
     return _log1p_sparse_aware(_scale_rows(x, factor))
 
 
-INPUT_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "none": lambda x: x,
-    "log1p": _log1p_sparse_aware,
+#: Encoder input transforms: ``f(counts, target_sum)``; only ``log1p_norm`` reads the target.
+INPUT_TRANSFORMS: dict[str, Callable[[torch.Tensor, torch.Tensor | float], torch.Tensor]] = {
+    "none": lambda x, target_sum: x,
+    "log1p": lambda x, target_sum: _log1p_sparse_aware(x),
     "log1p_norm": _log1p_norm,
 }
 

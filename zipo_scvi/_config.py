@@ -16,6 +16,7 @@ import difflib
 import functools
 import inspect
 import json
+import operator
 import tomllib
 import types
 import typing
@@ -77,9 +78,16 @@ def parameter_types() -> dict[str, dict[str, Any]]:
     from ._module import ZiPoModule
 
     module_hints = typing.get_type_hints(ZiPoModule.__init__)
-    model = {"preset": typing.get_type_hints(ZIPO.__init__)["preset"]}
+    model_hints = typing.get_type_hints(ZIPO.__init__)
+    model = {"preset": model_hints["preset"]}
     for key, default in PAPER_MODULE.items():
-        model[key] = module_hints.get(key, type(default))
+        # ZIPO's type without its None ("the preset's"), which may take more than the
+        # module's (input_target_sum="median"); the module's where ZIPO has none
+        hint = model_hints.get(key)
+        args = [a for a in typing.get_args(hint) if a is not type(None)] if _is_union(hint) else []
+        if args:
+            hint = functools.reduce(operator.or_, args)
+        model[key] = hint or module_hints.get(key, type(default))
     train = _hints(ZIPO.train, skip=("self",))
     for key, default in PAPER_TRAIN.items():  # schedule names ZIPO.train takes by keyword
         train.setdefault(key, type(default))

@@ -19,6 +19,9 @@ PAPER_MODULE: MappingProxyType = MappingProxyType(
         "batch_norm": True,  # III-C
         "norm_order": "act_bn",  # II-C: Linear -> activation -> BatchNorm
         "input_transform": "log1p",  # encoder input only; the likelihood sees raw counts
+        # with input_transform="log1p_norm": the cell total that counts are scaled to (a
+        # number, or "median": the training cells' median total, fixed when the model is built)
+        "input_target_sum": 1e4,
         "input_dropout": 0.0,
         "latent_noise": 0.0,
         "decoder_sizes": (),  # III-B: a linear decoder

@@ -91,6 +91,22 @@ def _store_csr(adata: AnnData, layer: str | None) -> None:
             adata.layers[layer] = matrix.tocsr()
 
 
+def _cell_totals(manager: AnnDataManager, chunk: int = 10_000) -> np.ndarray:
+    """Each cell's total count of the registered counts, read in chunks."""
+    counts = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+    return np.concatenate(
+        [
+            np.asarray(counts[start : start + chunk].sum(axis=1)).ravel()
+            for start in range(0, counts.shape[0], chunk)
+        ]
+    )
+
+
+def _median_total(manager: AnnDataManager) -> float:
+    """The median cell total of the registered counts (at least 1)."""
+    return max(float(np.median(_cell_totals(manager))), 1.0)
+
+
 def _count_summary(
     manager: AnnDataManager, chunk: int = 10_000
 ) -> tuple[float, torch.Tensor, torch.Tensor | None]:
@@ -101,11 +117,9 @@ def _count_summary(
     n_obs = counts.shape[0]
     n_batch = manager.summary_stats.n_batch
     batches = np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel().astype(int)
-    log_libraries, gene_totals = [], np.zeros((n_batch, counts.shape[1]))
+    gene_totals = np.zeros((n_batch, counts.shape[1]))
     for start in range(0, n_obs, chunk):
         block = counts[start : start + chunk]
-        totals = np.asarray(block.sum(axis=1)).ravel()
-        log_libraries.append(np.log(np.maximum(totals, 1.0)))
         in_block = batches[start : start + chunk]
         for b in np.unique(in_block):
             gene_totals[b] += np.asarray(block[in_block == b].sum(axis=0)).ravel()
@@ -116,7 +130,8 @@ def _count_summary(
         )
 
     per_batch = log_shares(gene_totals) if n_batch > 1 else None
-    return float(np.concatenate(log_libraries).mean()), log_shares(gene_totals.sum(0)), per_batch
+    mean_log_library = float(np.log(np.maximum(_cell_totals(manager, chunk), 1.0)).mean())
+    return mean_log_library, log_shares(gene_totals.sum(0)), per_batch
 
 
 def _add_training_messages(
@@ -182,8 +197,8 @@ class ZIPO(SparsityMixin, UnsupervisedTrainingMixin, BaseModelClass):
     seed
         Seeds torch, numpy and Lightning before the weights are drawn (``scvi.settings.seed``).
     encoder_sizes, residuals, activation, batch_norm, norm_order, input_transform, \
-input_dropout, latent_noise, decoder_sizes, library_sizes, library_source, likelihood, alpha_z, \
-alpha_w, alpha_theta, alpha_library
+input_target_sum, input_dropout, latent_noise, decoder_sizes, library_sizes, library_source, \
+likelihood, alpha_z, alpha_w, alpha_theta, alpha_library
         The hyperparameters of :class:`~zipo_scvi.ZiPoModule` (described there; its
         :meth:`~zipo_scvi.ZiPoModule.loss` applies the likelihood and the ``alpha_*`` weights);
         ``None`` (the default of each) takes the preset's value
@@ -245,6 +260,7 @@ alpha_w, alpha_theta, alpha_library
         batch_norm: bool | None = None,
         norm_order: Literal["act_bn", "bn_act"] | None = None,
         input_transform: Literal["none", "log1p", "log1p_norm"] | None = None,
+        input_target_sum: float | Literal["median"] | None = None,
         input_dropout: float | None = None,
         latent_noise: float | None = None,
         decoder_sizes: Sequence[int] | None = None,
@@ -271,6 +287,12 @@ alpha_w, alpha_theta, alpha_library
         cat_registry = self.registry_["field_registries"].get(REGISTRY_KEYS.CAT_COVS_KEY, {})
         n_cats = cat_registry.get("state_registry", {}).get("n_cats_per_key")
         module_kwargs = {k: v for k, v in self.hyperparameters.items() if k != "data_init"}
+        if module_kwargs["input_target_sum"] == "median":
+            # resolved once; the module keeps the number, so a loaded model (whose state
+            # replaces it) reads new data on its training data's scale
+            module_kwargs["input_target_sum"] = (
+                _median_total(self.adata_manager) if adata is not None else 1e4
+            )
         # ZiPoModule (_module.py) keeps alpha_w, likelihood, ...; its loss() applies them.
         self.module = self._module_cls(
             n_input=stats.n_vars,

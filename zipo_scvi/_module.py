@@ -102,7 +102,11 @@ class ZiPoModule(BaseModuleClass):
         ``"act_bn"`` (paper) or ``"bn_act"``.
     input_transform
         Encoder input transform: ``"none"``, ``"log1p"`` or ``"log1p_norm"`` (log1p of counts
-        scaled to 1e4 per cell). The likelihood always sees raw counts.
+        scaled to ``input_target_sum`` per cell). The likelihood always sees raw counts.
+    input_target_sum
+        The cell total that ``"log1p_norm"`` scales counts to (a number > 0). Kept in the
+        module's state (``input_target_sum`` buffer), so a saved model reads new data on the
+        same scale; :class:`~zipo_scvi.ZIPO` resolves ``"median"`` from its training data.
     input_dropout
         Dropout on the encoder input while training (a denoising autoencoder).
     latent_noise
@@ -166,6 +170,7 @@ class ZiPoModule(BaseModuleClass):
         batch_norm: bool = _P["batch_norm"],
         norm_order: str = _P["norm_order"],
         input_transform: str = _P["input_transform"],
+        input_target_sum: float = _P["input_target_sum"],
         input_dropout: float = _P["input_dropout"],
         latent_noise: float = _P["latent_noise"],
         decoder_sizes: Sequence[int] = _P["decoder_sizes"],
@@ -186,6 +191,7 @@ class ZiPoModule(BaseModuleClass):
                 "encoder_sizes": encoder_sizes,
                 "decoder_sizes": decoder_sizes,
                 "library_sizes": library_sizes,
+                "input_target_sum": input_target_sum,
                 "input_dropout": input_dropout,
                 "latent_noise": latent_noise,
                 "alpha_z": alpha_z,
@@ -196,6 +202,12 @@ class ZiPoModule(BaseModuleClass):
         )
         self.likelihood = get_likelihood(likelihood)
         self.transform = _lookup(INPUT_TRANSFORMS, input_transform, "input_transform")
+        if isinstance(input_target_sum, str):
+            raise ValueError(
+                f"ZiPoModule needs input_target_sum as a number, not {input_target_sum!r}: "
+                "ZIPO resolves 'median' from its training data before building the module."
+            )
+        self.register_buffer("input_target_sum", torch.tensor(float(input_target_sum)))
         self.library_source = _lookup(LIBRARY_SOURCES, library_source, "library_source")
         self.n_input = n_input
         self.n_batch = n_batch
@@ -242,6 +254,11 @@ class ZiPoModule(BaseModuleClass):
         )
 
     # ------------------------------------------------------------------ scvi plumbing
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # models saved before the target was a setting scaled their input to 1e4 per cell
+        state_dict.setdefault(prefix + "input_target_sum", torch.tensor(1e4))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @torch.no_grad()
     def init_from_data(
         self,
@@ -300,7 +317,7 @@ class ZiPoModule(BaseModuleClass):
         """Encode counts (and, with ``encode_covariates``, the covariates) into the latents
         ``U`` (returned as ``"z"``, deterministic).
         """
-        h = self.transform(x)
+        h = self.transform(x, self.input_target_sum)
         if self.training:
             h = drop_input(h, self.input_dropout.p)
         covariates = None
