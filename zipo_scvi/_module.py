@@ -317,7 +317,7 @@ class ZiPoModule(BaseModuleClass):
         """Encode counts (and, with ``encode_covariates``, the covariates) into the latents
         ``U`` (returned as ``"z"``, deterministic).
         """
-        h = self.transform(x, self.input_target_sum)
+        h = self.encoder_input(x)
         if self.training:
             h = drop_input(h, self.input_dropout.p)
         covariates = None
@@ -329,6 +329,10 @@ class ZiPoModule(BaseModuleClass):
         if n_samples > 1:
             u = u.unsqueeze(0).expand(n_samples, *u.shape)
         return {"z": u}
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The counts as the encoder reads them (``input_transform``, before dropout)."""
+        return self.transform(x, self.input_target_sum)
 
     def covariates(
         self,

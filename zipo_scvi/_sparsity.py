@@ -747,7 +747,7 @@ class SparsityMixin:
         total = total_sq = None
         n = 0
         for tensors in self._batches(adata, None, batch_size):
-            h = self.module.transform(tensors[REGISTRY_KEYS.X_KEY].to(self.module.device))
+            h = self.module.encoder_input(tensors[REGISTRY_KEYS.X_KEY].to(self.module.device))
             h = h.to_dense().double() if h.layout != torch.strided else h.double()
             total = h.sum(0) if total is None else total + h.sum(0)
             total_sq = h.square().sum(0) if total_sq is None else total_sq + h.square().sum(0)
