@@ -466,7 +466,7 @@ def test_model_modules_rank_by_input_scale(model):
     assert plain.loc[plain.neuron == 0, "gene"].item() == genes[rare]
     assert weighed.loc[weighed.neuron == 0, "gene"].item() == genes[common]
     counts = np.asarray(model.adata.X.todense())
-    x = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)
+    x = np.log1p(counts / counts.sum(1, keepdims=True) * float(model.module.input_target_sum))
     np.testing.assert_allclose(scale.numpy(), x.std(0), rtol=1e-3, atol=1e-4)
 
 
