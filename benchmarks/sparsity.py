@@ -99,11 +99,22 @@ def _mcv(model, train, test) -> float:
     return score_mcv(denoised, test, train)["poisson"]
 
 
+def _default_key() -> str:
+    """A short hash of the default preset's settings: a cached dense model is reused only while
+    the default it was trained with is still the default."""
+    import hashlib
+
+    from zipo_scvi._defaults import preset
+
+    text = json.dumps(preset("default"), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
 def _dense(name: str, seed: int, train):
     """The dense default-preset model of this split, trained once and cached on disk."""
     from zipo_scvi import ZIPO
 
-    path = CACHE / f"{name}_{seed}"
+    path = CACHE / f"{name}_{seed}_{_default_key()}"
     adata = _counts_only(train)
     if not (path / "model.pt").exists():
         ZIPO.setup_anndata(adata)
