@@ -102,16 +102,12 @@ def _cell_totals(manager: AnnDataManager, chunk: int = 10_000) -> np.ndarray:
     )
 
 
-def _median_total(manager: AnnDataManager) -> float:
-    """The median cell total of the registered counts (at least 1)."""
-    return max(float(np.median(_cell_totals(manager))), 1.0)
-
-
 def _count_summary(
-    manager: AnnDataManager, chunk: int = 10_000
+    manager: AnnDataManager, totals: np.ndarray, chunk: int = 10_000
 ) -> tuple[float, torch.Tensor, torch.Tensor | None]:
-    """Mean log library size, log gene shares of the registered counts and, with several
-    batches, each batch's log gene shares (batches x genes); read in chunks.
+    """Mean log library size (of ``totals``, :func:`_cell_totals`), log gene shares of the
+    registered counts and, with several batches, each batch's log gene shares (batches x
+    genes); read in chunks.
     """
     counts = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
     n_obs = counts.shape[0]
@@ -130,7 +126,7 @@ def _count_summary(
         )
 
     per_batch = log_shares(gene_totals) if n_batch > 1 else None
-    mean_log_library = float(np.log(np.maximum(_cell_totals(manager, chunk), 1.0)).mean())
+    mean_log_library = float(np.log(np.maximum(totals, 1.0)).mean())
     return mean_log_library, log_shares(gene_totals.sum(0)), per_batch
 
 
@@ -287,11 +283,19 @@ likelihood, alpha_z, alpha_w, alpha_theta, alpha_library
         cat_registry = self.registry_["field_registries"].get(REGISTRY_KEYS.CAT_COVS_KEY, {})
         n_cats = cat_registry.get("state_registry", {}).get("n_cats_per_key")
         module_kwargs = {k: v for k, v in self.hyperparameters.items() if k != "data_init"}
-        if module_kwargs["input_target_sum"] == "median":
+        median = module_kwargs["input_target_sum"] == "median"
+        init_heads = self.hyperparameters["data_init"] and adata is not None
+        # each cell's total, read once for both uses below
+        totals = (
+            _cell_totals(self.adata_manager)
+            if adata is not None and (median or init_heads)
+            else None
+        )
+        if median:
             # resolved once; the module keeps the number, so a loaded model (whose state
             # replaces it) reads new data on its training data's scale
             module_kwargs["input_target_sum"] = (
-                _median_total(self.adata_manager) if adata is not None else 1e4
+                max(float(np.median(totals)), 1.0) if totals is not None else 1e4
             )
         # ZiPoModule (_module.py) keeps alpha_w, likelihood, ...; its loss() applies them.
         self.module = self._module_cls(
@@ -301,8 +305,8 @@ likelihood, alpha_z, alpha_w, alpha_theta, alpha_library
             n_continuous_cov=stats.get("n_extra_continuous_covs", 0),
             **module_kwargs,
         )
-        if self.hyperparameters["data_init"] and adata is not None:
-            self.module.init_from_data(*_count_summary(self.adata_manager))
+        if init_heads:
+            self.module.init_from_data(*_count_summary(self.adata_manager, totals))
         h = self.hyperparameters
         self._model_summary_string = (
             f"ZIPO ({preset} preset): {h['likelihood'].upper()}, encoder "
