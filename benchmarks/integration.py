@@ -489,6 +489,40 @@ def rescore(done: dict[tuple, dict], cache: Path) -> dict[tuple, dict]:
     return out
 
 
+def cluster_table(latent: np.ndarray, obs: pd.DataFrame, resolution: float = 0.2) -> pd.DataFrame:
+    """Cells of each label and sample per Leiden cluster of ``latent`` (scanpy, 15 neighbours).
+
+    Shows which labels a latent space merges across samples and which it keeps apart, e.g.
+    one sample's surplus type pulled onto another type of the other sample.
+
+    Examples
+    --------
+    >>> z = np.r_[np.zeros((20, 2)), np.ones((20, 2))]
+    >>> z = z + 0.1 * np.random.default_rng(0).random((40, 2))
+    >>> obs = pd.DataFrame({"label": np.repeat(["a", "b"], 20), SAMPLE: np.tile(["A", "B"], 20)})
+    >>> cluster_table(z, obs).shape
+    (2, 4)
+    """
+    import scanpy as sc
+
+    tmp = AnnData(obs=obs[["label", SAMPLE]].astype(str).set_axis(np.arange(len(obs)).astype(str)))
+    tmp.obsm["z"] = np.asarray(latent, dtype=np.float32)
+    sc.pp.neighbors(tmp, use_rep="z", n_neighbors=15, random_state=0)
+    sc.tl.leiden(tmp, resolution=resolution, random_state=0, flavor="igraph", n_iterations=2)
+    return pd.crosstab(tmp.obs["leiden"], [tmp.obs["label"], tmp.obs[SAMPLE]])
+
+
+def diagnose(data: str, seed: int, cache: Path, resolution: float = 0.2) -> str:
+    """:func:`cluster_table` of every latent space saved for ``data`` and ``seed``."""
+    obs = mcv_split(load(data, seed), 0.9, seed)[0].obs
+    parts = []
+    for path in sorted(cache.glob(f"{data}_{seed}_*.npy")):
+        method = path.stem[len(f"{data}_{seed}_") :].replace("_", " ")
+        table = cluster_table(np.load(path), obs, resolution)
+        parts.append(f"## {method}\n\n{table.to_string()}\n")
+    return "\n".join(parts) or f"No latents saved for {data} seed {seed} under {cache}."
+
+
 # ----------------------------------------------------------------------------- report
 COLUMNS = {
     "same_sample": "same-sample share",
@@ -780,9 +814,19 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="score the latent spaces of runs.jsonl again from the saved latents (no training)",
     )
+    parser.add_argument(
+        "--diagnose",
+        nargs=2,
+        metavar=("DATA", "SEED"),
+        help="print the label x sample count of each Leiden cluster (resolution 0.2) of every "
+        "latent space saved for DATA and SEED under OUT/cache, no runs",
+    )
     args = parser.parse_args(argv)
     quiet(threads=1)
     out = Path(args.out)
+    if args.diagnose:
+        print(diagnose(args.diagnose[0], int(args.diagnose[1]), out / "cache"))
+        return
     out.mkdir(parents=True, exist_ok=True)
     runs = out / "runs.jsonl"  # one line per (data set, seed, method): reruns resume
     done = {}

@@ -353,6 +353,36 @@ def test_integration_rescore_scores_saved_latents_again(tmp_path, monkeypatch):
     assert out[("d", 0, "no latents")] == done[("d", 0, "no latents")]
 
 
+def test_integration_diagnose_tables_each_saved_latent_space(tmp_path, monkeypatch, capsys):
+    """``--diagnose`` prints, per saved latent space, which labels of which sample each
+    cluster holds: one that keeps types apart and one that merges them."""
+    import anndata as ad
+
+    from benchmarks import integration
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["a", "b"], 60)
+    adata = ad.AnnData(rng.poisson(2.0, size=(120, 10)).astype(np.float32))
+    adata.obs["label"] = labels
+    adata.obs[integration.SAMPLE] = np.tile(["A", "B"], 60)
+    monkeypatch.setattr(integration, "load", lambda data, seed: adata.copy())
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    apart = np.where(labels[:, None] == "a", 0.0, 20.0) + rng.normal(size=(120, 2))
+    np.save(integration._cache_path(cache, "d", 0, "kept apart"), apart)
+    merged_latent = rng.normal(size=(120, 2))  # labels and samples alike
+    np.save(integration._cache_path(cache, "d", 0, "merged"), merged_latent)
+    integration.main(["--diagnose", "d", "0", "--out", str(tmp_path)])
+    text = capsys.readouterr().out
+    kept, merged = text.split("## merged")
+    assert "## kept apart" in kept and not (tmp_path / "runs.jsonl").exists()
+    table = integration.cluster_table(apart, adata.obs)
+    assert ((table > 0).sum(axis=0) == 1).all()  # every label x sample in one cluster
+    assert sorted(table.to_numpy().ravel()) == [0] * 4 + [30] * 4
+    assert integration.cluster_table(merged_latent, adata.obs).to_string() in merged
+    assert (integration.cluster_table(merged_latent, adata.obs)["a"].sum(axis=1) > 0).all()
+
+
 def test_integration_rescore_trains_nothing(tmp_path, monkeypatch):
     """``--rescore`` scores saved latents; a method without them is not trained again."""
     import json
