@@ -73,7 +73,15 @@ SETTING_RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "latent_noise": ("a number >= 0", lambda v: _number(v) and v >= 0),
     **{
         name: ("a number >= 0", lambda v: _number(v) and v >= 0)
-        for name in ("alpha_z", "alpha_w", "alpha_theta", "alpha_library")
+        for name in (
+            "alpha_z",
+            "alpha_w",
+            "alpha_theta",
+            "alpha_library",
+            "batch_mmd",
+            "batch_mnn",
+            "batch_adversary",
+        )
     },
 }
 

@@ -37,6 +37,7 @@ PAPER_MODULE: MappingProxyType = MappingProxyType(
         "encode_covariates": False,  # the batch and categorical covariates also enter the encoder
         "batch_mmd": 0.0,  # weight of a kernel MMD penalty between batches' latents
         "batch_adversary": 0.0,  # weight of an adversarial batch classifier on the latents
+        "batch_mnn": 0.0,  # weight of a pull between mutual nearest neighbours of two batches
     }
 )
 
