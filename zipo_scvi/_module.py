@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -410,6 +410,21 @@ class ZiPoModule(BaseModuleClass):
             labels += [c for c, n in zip(cats, self.n_cats_per_cov) if n > 1]
         return [label.reshape(-1).long() for label in labels]
 
+    def nuisance_levels(
+        self, tensors: dict[str, torch.Tensor], min_cells: int = 1
+    ) -> Iterator[torch.Tensor]:
+        """Masks of the minibatch's cells at each level of each nuisance category.
+
+        Over the categories of :meth:`nuisance_labels`, the levels where those cells and the
+        others number at least ``min_cells`` each: the two sides that :meth:`batch_mmd` and
+        :meth:`batch_mnn` compare.
+        """
+        for label in self.nuisance_labels(tensors):
+            for level in label.unique():
+                a = label == level
+                if int(a.sum()) >= min_cells and int((~a).sum()) >= min_cells:
+                    yield a
+
     def adversarial_losses(
         self, z: torch.Tensor, tensors: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -452,13 +467,8 @@ class ZiPoModule(BaseModuleClass):
             block = k[mask][:, mask]
             return (block.sum() - block.diagonal().sum()) / (n * (n - 1))
 
-        for label in self.nuisance_labels(tensors):
-            for level in label.unique():
-                a = label == level
-                if a.sum() < 2 or (~a).sum() < 2:
-                    continue
-                b = ~a
-                total = total + within(a) + within(b) - 2 * k[a][:, b].mean()
+        for a in self.nuisance_levels(tensors, min_cells=2):
+            total = total + within(a) + within(~a) - 2 * k[a][:, ~a].mean()
         return total
 
     def batch_mnn(self, z: torch.Tensor, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -482,22 +492,17 @@ class ZiPoModule(BaseModuleClass):
         total = z.new_zeros(())
         d2 = torch.cdist(z, z).pow(2)
         scale = d2.detach().median().clamp_min(1e-12)
-        for label in self.nuisance_labels(tensors):
-            for level in label.unique():
-                a = label == level
-                n_a, n_b = int(a.sum()), int((~a).sum())
-                if n_a < 1 or n_b < 1:
-                    continue
-                d = d2[a][:, ~a]
-                k = min(MNN_NEIGHBOURS, n_a, n_b)
-                near = d.detach()
-                to_b = torch.zeros_like(near, dtype=torch.bool)
-                to_b.scatter_(1, near.topk(k, dim=1, largest=False).indices, True)
-                to_a = torch.zeros_like(near, dtype=torch.bool)
-                to_a.scatter_(0, near.topk(k, dim=0, largest=False).indices, True)
-                pairs = to_b & to_a
-                if pairs.any():
-                    total = total + d[pairs].mean() / scale
+        for a in self.nuisance_levels(tensors, min_cells=1):
+            d = d2[a][:, ~a]
+            k = min(MNN_NEIGHBOURS, *d.shape)
+            near = d.detach()
+            to_b = torch.zeros_like(near, dtype=torch.bool)
+            to_b.scatter_(1, near.topk(k, dim=1, largest=False).indices, True)
+            to_a = torch.zeros_like(near, dtype=torch.bool)
+            to_a.scatter_(0, near.topk(k, dim=0, largest=False).indices, True)
+            pairs = to_b & to_a
+            if pairs.any():
+                total = total + d[pairs].mean() / scale
         return total
 
     def log_likelihood(self, x: torch.Tensor, generative_outputs: dict) -> torch.Tensor:
