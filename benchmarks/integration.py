@@ -93,30 +93,45 @@ _OFF = {"encode_covariates": False, "batch_mmd": 0.0, "batch_adversary": 0.0}
 #: The encoder's input before 2026-12-05 (counts per 10,000): the study rows run then keep it,
 #: so that they run again as they were recorded.
 _PER_10K = {"input_target_sum": 1e4}
+#: The MMD's weights before 2026-12-06 (every cell alike; now by mutual nearest neighbours):
+#: the study rows with an MMD run then keep them.
+_UNIFORM = {"batch_mmd_weights": "uniform"}
 ZIPO_VARIANTS: dict[str, tuple[bool, dict[str, Any]]] = {
     "ZIPO (no batch)": (False, {}),
-    "ZIPO (batch)": (True, {}),  # the default preset: batch in encoder and decoder + MMD
+    # the default preset: batch in encoder and decoder + MMD weighted by mutual neighbours
+    "ZIPO (batch)": (True, {}),
+    # the default until 2026-12-06: every cell alike in the MMD
+    "ZIPO (batch, uniform MMD)": (True, _UNIFORM),
     # the default until 2026-12-05: the encoder read log1p of counts per 10,000 (the default
     # now scales them to the training cells' median total)
     "ZIPO (no batch, input per 10,000)": (False, _PER_10K),
-    "ZIPO (batch, input per 10,000)": (True, _PER_10K),
+    "ZIPO (batch, input per 10,000)": (True, {**_PER_10K, **_UNIFORM}),
     "ZIPO (batch, no MMD)": (True, {**_OFF, **_PER_10K}),  # the paper's decoder-only batch
-    "ZIPO (batch, not in the encoder)": (True, {"encode_covariates": False, **_PER_10K}),
+    "ZIPO (batch, not in the encoder)": (
+        True,
+        {"encode_covariates": False, **_PER_10K, **_UNIFORM},
+    ),
     "ZIPO (batch, + encoder, adversary 30 instead of MMD)": (
         True,
         {**_OFF, "encode_covariates": True, "batch_adversary": 30.0, **_PER_10K},
     ),
-    "ZIPO (batch, MMD 30)": (True, {"batch_mmd": 30.0, **_PER_10K}),
-    "ZIPO (batch, MMD 100)": (True, {"batch_mmd": 100.0, **_PER_10K}),  # the first weight
+    "ZIPO (batch, MMD 30)": (True, {"batch_mmd": 30.0, **_PER_10K, **_UNIFORM}),
+    "ZIPO (batch, MMD 100)": (
+        True,
+        {"batch_mmd": 100.0, **_PER_10K, **_UNIFORM},
+    ),  # the first weight
     # stopping on the held-out counts' NLL alone (the loss also holds the library
     # subnetwork's fit of each cell's total, which plays no part in the denoised output)
     "ZIPO (no batch, stopping on the NLL)": (
         False,
         {"train": {"stopping_metric": "nll"}, **_PER_10K},
     ),
-    "ZIPO (batch, stopping on the NLL)": (True, {"train": {"stopping_metric": "nll"}, **_PER_10K}),
+    "ZIPO (batch, stopping on the NLL)": (
+        True,
+        {"train": {"stopping_metric": "nll"}, **_PER_10K, **_UNIFORM},
+    ),
     # the encoder reads log1p of the raw counts (scVI's input, the paper's)
-    "ZIPO (batch, log1p input)": (True, {"input_transform": "log1p"}),
+    "ZIPO (batch, log1p input)": (True, {"input_transform": "log1p", **_UNIFORM}),
     # a pull between mutual nearest neighbours of the samples in place of the MMD
     "ZIPO (batch, MNN instead of MMD)": (True, {"batch_mmd": 0.0, "batch_mnn": 10.0}),
 }

@@ -207,11 +207,12 @@ likelihood, alpha_z, alpha_w, alpha_theta, alpha_library
         Start the library and mean heads at the data's averages
         (:meth:`ZiPoModule.init_from_data <zipo_scvi.ZiPoModule.init_from_data>`); ``None``:
         the preset's (default ``True``, paper ``False``).
-    encode_covariates, batch_mmd, batch_adversary, batch_mnn
+    encode_covariates, batch_mmd, batch_mmd_weights, batch_adversary, batch_mnn
         Several samples (:class:`~zipo_scvi.ZiPoModule`): the batch and categorical covariates
-        also enter the encoder; weights of a kernel MMD penalty, of an adversarial batch
-        classifier on the latents and of a pull between mutual nearest neighbours across
-        batches. ``None``: the preset's (paper: off).
+        also enter the encoder; the weight of a kernel MMD penalty and how it weighs the cells
+        (``"uniform"`` or ``"mnn"``: by mutual nearest neighbours across batches), weights of
+        an adversarial batch classifier on the latents and of a pull between mutual nearest
+        neighbours. ``None``: the preset's (paper: off).
 
     Notes
     -----
@@ -271,6 +272,7 @@ likelihood, alpha_z, alpha_w, alpha_theta, alpha_library
         data_init: bool | None = None,
         encode_covariates: bool | None = None,
         batch_mmd: float | None = None,
+        batch_mmd_weights: Literal["uniform", "mnn"] | None = None,
         batch_adversary: float | None = None,
         batch_mnn: float | None = None,
     ):

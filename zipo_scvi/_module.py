@@ -81,6 +81,68 @@ def _covariate_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 #: minibatch's other side; fastMNN's default is 20 among all cells of a batch, a minibatch of
 #: 128 holds about a tenth of a 1,000-cell sample).
 MNN_NEIGHBOURS = 5
+#: Neighbours per cell among which :meth:`ZiPoModule.mmd_weights` looks for mutual pairs,
+#: fastMNN's default, among the cells of :data:`MNN_POOL_SIZE` (the minibatch and the latest
+#: latents of earlier ones).
+MMD_MNN_NEIGHBOURS = 20
+#: Latents (detached) of the latest minibatches that :meth:`ZiPoModule.mmd_weights` finds
+#: mutual neighbours among: pairs found within one minibatch of 128 are too loose (a cell's 5
+#: nearest of 64 reach into other cell types).
+MNN_POOL_SIZE = 1024
+MMD_WEIGHTS = ("uniform", "mnn")
+
+
+def mutual_neighbours(d2: torch.Tensor, k: int) -> torch.Tensor:
+    """Mutual ``k``-nearest-neighbour pairs between the rows and the columns of ``d2``.
+
+    ``d2`` holds distances from each cell of one side (rows) to each of the other (columns);
+    the result is ``True`` where each of the two is among the other's ``k`` nearest of the
+    other side (Haghverdi et al. 2018). Not differentiable: pairs are chosen, not scored.
+
+    Examples
+    --------
+    >>> d2 = torch.tensor([[0.0, 5.0], [1.0, 2.0], [9.0, 9.5]])
+    >>> mutual_neighbours(d2, 1)
+    tensor([[ True, False],
+            [False,  True],
+            [False, False]])
+    """
+    d2 = d2.detach()
+    k = min(k, *d2.shape)
+    to_col = torch.zeros_like(d2, dtype=torch.bool)
+    to_col.scatter_(1, d2.topk(k, dim=1, largest=False).indices, True)
+    to_row = torch.zeros_like(d2, dtype=torch.bool)
+    to_row.scatter_(0, d2.topk(k, dim=0, largest=False).indices, True)
+    return to_col & to_row
+
+
+def weighted_mmd(
+    kernel: torch.Tensor, a: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor
+) -> torch.Tensor:
+    """Unbiased kernel MMD^2 between cells ``a`` (weights ``wa``) and ``~a`` (weights ``wb``).
+
+    ``kernel`` is the cells' kernel matrix, ``a`` a boolean mask, ``wa`` and ``wb`` weights
+    summing to 1 on each side. Within each side the kernel of a cell with itself is left out
+    and the rest renormalised (``1 - sum w^2``); with equal weights this is Gretton et al.'s
+    unbiased estimate. Each side needs its weight on at least two cells.
+
+    Examples
+    --------
+    >>> kernel = torch.eye(4)  # four cells, each alike only itself
+    >>> a = torch.tensor([True, True, False, False])
+    >>> half = torch.full((2,), 0.5)
+    >>> float(weighted_mmd(kernel, a, half, half))
+    0.0
+    """
+
+    def within(block: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return (w @ block @ w - (w.pow(2) * block.diagonal()).sum()) / (1 - w.pow(2).sum())
+
+    return (
+        within(kernel[a][:, a], wa)
+        + within(kernel[~a][:, ~a], wb)
+        - 2 * (wa @ kernel[a][:, ~a] @ wb)
+    )
 
 
 class ZiPoModule(BaseModuleClass):
@@ -146,6 +208,12 @@ class ZiPoModule(BaseModuleClass):
         (:meth:`batch_mmd`): it pulls the samples' latent distributions together, so that the
         latents keep no batch and the batch-specific decoder weights carry the technical
         differences. 0 disables it (paper).
+    batch_mmd_weights
+        How :meth:`batch_mmd` weighs the cells: ``"uniform"``, every cell alike (the whole
+        distributions are matched, so where samples hold different shares of cell types the
+        surplus of one is pulled onto other types), or ``"mnn"``, each cell by its number of
+        mutual nearest neighbours in the other sample (:meth:`mmd_weights`): a type one sample
+        lacks weighs nothing, and the pairs give both sides the same composition.
     batch_adversary
         Weight ``kappa`` of an adversarial classifier on the latents, one per nuisance
         category (the batch and every categorical covariate): the classifier learns to
@@ -194,6 +262,7 @@ class ZiPoModule(BaseModuleClass):
         alpha_library: float = _P["alpha_library"],
         encode_covariates: bool = _P["encode_covariates"],
         batch_mmd: float = _P["batch_mmd"],
+        batch_mmd_weights: str = _P["batch_mmd_weights"],
         batch_adversary: float = _P["batch_adversary"],
         batch_mnn: float = _P["batch_mnn"],
     ):
@@ -247,6 +316,9 @@ class ZiPoModule(BaseModuleClass):
             n_covariates=n_cov if self.encode_covariates else 0,
         )
         self.batch_mmd_weight = float(batch_mmd)
+        self.batch_mmd_weights = _lookup(MMD_WEIGHTS, batch_mmd_weights, "batch_mmd_weights")
+        # (latents, nuisance labels) of the latest training cells, for mmd_weights; not saved
+        self.latent_pool: tuple[torch.Tensor, torch.Tensor] | None = None
         self.batch_adversary = float(batch_adversary)
         self.batch_mnn_weight = float(batch_mnn)
         nuisance = [n_batch if n_batch > 1 else 0, *self.n_cats_per_cov]
@@ -412,18 +484,18 @@ class ZiPoModule(BaseModuleClass):
 
     def nuisance_levels(
         self, tensors: dict[str, torch.Tensor], min_cells: int = 1
-    ) -> Iterator[torch.Tensor]:
-        """Masks of the minibatch's cells at each level of each nuisance category.
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """``(category, level, mask)`` of the minibatch's cells at each nuisance level.
 
-        Over the categories of :meth:`nuisance_labels`, the levels where those cells and the
-        others number at least ``min_cells`` each: the two sides that :meth:`batch_mmd` and
-        :meth:`batch_mnn` compare.
+        Over the categories of :meth:`nuisance_labels` (``category`` indexes them), the levels
+        where those cells and the others number at least ``min_cells`` each: the two sides
+        that :meth:`batch_mmd` and :meth:`batch_mnn` compare.
         """
-        for label in self.nuisance_labels(tensors):
+        for category, label in enumerate(self.nuisance_labels(tensors)):
             for level in label.unique():
                 a = label == level
                 if int(a.sum()) >= min_cells and int((~a).sum()) >= min_cells:
-                    yield a
+                    yield category, level, a
 
     def adversarial_losses(
         self, z: torch.Tensor, tensors: dict[str, torch.Tensor]
@@ -452,24 +524,63 @@ class ZiPoModule(BaseModuleClass):
         Summed over the nuisance categories (:meth:`nuisance_labels`) and their levels present
         in the minibatch with at least 2 cells on each side; Gaussian kernels at 5 bandwidths
         (0.25 to 4 times the minibatch's median squared distance, a detached scale), the
-        unbiased estimate (Gretton et al. 2012: within-sample means leave out each cell's
-        kernel with itself). The biased estimate (trVAE's) keeps those constant terms, which
-        weighs within-sample pairs less than cross pairs: its gradient, even between samples
-        of one distribution, pulls all latents together, a pull that grows with the weight.
+        unbiased estimate (:func:`weighted_mmd`; Gretton et al. 2012: within-sample means
+        leave out each cell's kernel with itself). The biased estimate (trVAE's) keeps those
+        constant terms, which weighs within-sample pairs less than cross pairs: its gradient,
+        even between samples of one distribution, pulls all latents together, a pull that
+        grows with the weight. The cells weigh alike, or by their mutual nearest neighbours
+        (``batch_mmd_weights="mnn"``, :meth:`mmd_weights`); a level whose cells here have no
+        such neighbour is skipped.
         """
         total = z.new_zeros(())
         d2 = torch.cdist(z, z).pow(2)
         scale = d2.detach().median().clamp_min(1e-6)
-        k = sum(torch.exp(-d2 / (scale * f)) for f in (0.25, 0.5, 1.0, 2.0, 4.0))
-
-        def within(mask: torch.Tensor) -> torch.Tensor:
-            n = int(mask.sum())
-            block = k[mask][:, mask]
-            return (block.sum() - block.diagonal().sum()) / (n * (n - 1))
-
-        for a in self.nuisance_levels(tensors, min_cells=2):
-            total = total + within(a) + within(~a) - 2 * k[a][:, ~a].mean()
+        kernel = sum(torch.exp(-d2 / (scale * f)) for f in (0.25, 0.5, 1.0, 2.0, 4.0))
+        counts = self.mmd_weights(z, tensors) if self.batch_mmd_weights == "mnn" else None
+        for category, level, a in self.nuisance_levels(tensors, min_cells=2):
+            if counts is None:
+                wa, wb = (z.new_full((int(m.sum()),), 1.0) for m in (a, ~a))
+            else:
+                w = counts(category, level)
+                wa, wb = w[a], w[~a]
+            # each side needs its weight on two cells or more (a within-side mean)
+            if (wa > 0).sum() < 2 or (wb > 0).sum() < 2:
+                continue
+            total = total + weighted_mmd(kernel, a, wa / wa.sum(), wb / wb.sum())
         return total
+
+    @torch.no_grad()
+    def mmd_weights(self, z: torch.Tensor, tensors: dict[str, torch.Tensor]):
+        """Each minibatch cell's number of mutual nearest neighbours in the other sample.
+
+        The neighbours are sought among the minibatch and the latest :data:`MNN_POOL_SIZE`
+        training latents of earlier minibatches (kept in ``latent_pool``, detached, updated
+        here), at :data:`MMD_MNN_NEIGHBOURS` per cell (fastMNN's mutual nearest neighbours,
+        Haghverdi et al. 2018): a type that one sample holds and the other lacks finds no
+        mutual neighbour and weighs nothing in :meth:`batch_mmd`, and since every pair adds
+        one cell to each side, the two sides' weights hold the cell types in the same shares.
+
+        Returns a function of ``(category, level)`` (as :meth:`nuisance_levels` yields them)
+        giving the counts of the minibatch's cells, those of ``level`` counted against the
+        other levels of ``category``.
+        """
+        labels = torch.stack(self.nuisance_labels(tensors), dim=1)
+        pool_z, pool_labels = z.detach(), labels
+        if self.latent_pool is not None and self.latent_pool[1].shape[1] == labels.shape[1]:
+            old_z, old_labels = (t.to(z.device) for t in self.latent_pool)
+            pool_z, pool_labels = torch.cat([pool_z, old_z]), torch.cat([labels, old_labels])
+        self.latent_pool = (pool_z[:MNN_POOL_SIZE], pool_labels[:MNN_POOL_SIZE])
+        d2 = torch.cdist(pool_z, pool_z).pow(2)
+        n = z.shape[0]
+
+        def counts(category: int, level: torch.Tensor) -> torch.Tensor:
+            a = pool_labels[:, category] == level
+            pairs = mutual_neighbours(d2[a][:, ~a], MMD_MNN_NEIGHBOURS)
+            out = z.new_zeros(pool_z.shape[0])
+            out[a], out[~a] = pairs.sum(1).to(out), pairs.sum(0).to(out)
+            return out[:n]
+
+        return counts
 
     def batch_mnn(self, z: torch.Tensor, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean squared latent distance of mutual nearest neighbours across nuisance levels.
@@ -492,15 +603,9 @@ class ZiPoModule(BaseModuleClass):
         total = z.new_zeros(())
         d2 = torch.cdist(z, z).pow(2)
         scale = d2.detach().median().clamp_min(1e-12)
-        for a in self.nuisance_levels(tensors, min_cells=1):
+        for _, _, a in self.nuisance_levels(tensors, min_cells=1):
             d = d2[a][:, ~a]
-            k = min(MNN_NEIGHBOURS, *d.shape)
-            near = d.detach()
-            to_b = torch.zeros_like(near, dtype=torch.bool)
-            to_b.scatter_(1, near.topk(k, dim=1, largest=False).indices, True)
-            to_a = torch.zeros_like(near, dtype=torch.bool)
-            to_a.scatter_(0, near.topk(k, dim=0, largest=False).indices, True)
-            pairs = to_b & to_a
+            pairs = mutual_neighbours(d, MNN_NEIGHBOURS)
             if pairs.any():
                 total = total + d[pairs].mean() / scale
         return total
