@@ -20,6 +20,7 @@ def test_paper_preset_keeps_the_batch_beside_the_latents_only(adata):
     assert not paper["encode_covariates"]
     assert paper["batch_mmd"] == paper["batch_mnn"] == paper["batch_adversary"] == 0
     assert default["encode_covariates"] and default["batch_mmd"] > 0 and default["batch_mnn"] == 0
+    assert (paper["batch_mmd_weights"], default["batch_mmd_weights"]) == ("uniform", "mnn")
     ZIPO.setup_anndata(adata, batch_key="batch")
     model = ZIPO(adata, preset="paper", **TINY)
     assert model.module.encoder.covariates is None and len(model.module.adversaries) == 0
@@ -97,6 +98,49 @@ def test_mnn_pulls_matching_cells_together_and_leaves_a_surplus_type_alone():
     (mmd_grad,) = torch.autograd.grad(module.batch_mmd(z, tensors), z)
     step, to_a = -mmd_grad[type_3].mean(0), z[:50].mean(0) - z[type_3].mean(0)
     assert torch.cosine_similarity(step, to_a.detach(), dim=0) > 0.5  # the MMD pulls it to A
+
+
+def test_mnn_weighted_mmd_leaves_a_surplus_type_alone_and_pulls_the_shared_one():
+    """Weighted by mutual nearest neighbours, the MMD gives B's type 3 (which A lacks) and A's
+    type 2 (which B lacks) no weight, so no gradient, and still pulls B's type 1 onto A's."""
+    z, tensors = _surplus_type_latents()
+    module = ZiPoModule(20, n_batch=2, encoder_sizes=(8, 2), batch_mmd=1.0)
+    module.batch_mmd_weights = "mnn"
+    (grad,) = torch.autograd.grad(module.batch_mmd(z, tensors), z)
+    type_1_a, type_2_a, type_1_b, type_3 = (slice(i, i + 50) for i in (0, 50, 100, 150))
+    assert grad[type_3].abs().sum() == grad[type_2_a].abs().sum() == 0
+    assert grad[type_1_a].abs().sum() > 0 and grad[type_1_b].abs().sum() > 0
+    moved = z.detach() - 0.1 * grad / grad.norm(dim=1).max()
+    gap = (z[type_1_b].mean(0) - z[type_1_a].mean(0)).norm()
+    assert (moved[type_1_b].mean(0) - moved[type_1_a].mean(0)).norm() < gap
+
+
+def test_mnn_weights_give_both_samples_the_same_composition():
+    """Two types in shares 80:20 in A and 20:80 in B, not shifted: the uniform MMD sees the
+    shares differ, the MMD weighted by mutual neighbours sees two samples of one mixture."""
+    torch.manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [6.0, 0.0], [0.0, 0.0], [6.0, 0.0]])
+    sizes = torch.tensor([80, 20, 20, 80])
+    z = centres.repeat_interleave(sizes, dim=0) + 0.5 * torch.randn(200, 2)
+    tensors = {REGISTRY_KEYS.BATCH_KEY: (torch.arange(200) >= 100).long().reshape(-1, 1)}
+    uniform = ZiPoModule(20, n_batch=2, encoder_sizes=(8, 2), batch_mmd=1.0)
+    weighted = ZiPoModule(
+        20, n_batch=2, encoder_sizes=(8, 2), batch_mmd=1.0, batch_mmd_weights="mnn"
+    )
+    assert abs(float(weighted.batch_mmd(z, tensors))) < 0.1 * float(uniform.batch_mmd(z, tensors))
+
+
+def test_mnn_pool_is_bounded_and_not_saved():
+    from zipo_scvi._module import MNN_POOL_SIZE
+
+    module = ZiPoModule(20, n_batch=2, encoder_sizes=(8, 4), batch_mmd_weights="mnn")
+    tensors = {REGISTRY_KEYS.BATCH_KEY: torch.arange(300).remainder(2).reshape(-1, 1)}
+    for _ in range(5):
+        module.batch_mmd(torch.randn(300, 4), tensors)
+    assert module.latent_pool[0].shape == (MNN_POOL_SIZE, 4)
+    assert not any("pool" in key for key in module.state_dict())
+    with pytest.raises(ValueError, match="batch_mmd_weights"):
+        ZiPoModule(20, n_batch=2, encoder_sizes=(8, 4), batch_mmd_weights="mutual")
 
 
 def test_mnn_is_zero_without_a_second_sample_and_larger_between_shifted_samples():
