@@ -139,6 +139,7 @@ PEERS = ("scVI (Poisson, batch)", "PCA (unintegrated)", "Harmony")
 DATASETS = ("sim", "hgmm1k", "pbmc3k", "two10x")
 #: ZIPO variants run by default beside MAIN (what each piece of the batch handling adds).
 STUDY = (
+    "ZIPO (batch, uniform MMD)",
     "ZIPO (batch, input per 10,000)",
     "ZIPO (batch, no MMD)",
     "ZIPO (batch, not in the encoder)",

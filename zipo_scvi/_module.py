@@ -95,7 +95,7 @@ MMD_WEIGHTS = ("uniform", "mnn")
 def mutual_neighbours(d2: torch.Tensor, k: int) -> torch.Tensor:
     """Mutual ``k``-nearest-neighbour pairs between the rows and the columns of ``d2``.
 
-    ``d2`` holds distances from each cell of one side (rows) to each of the other (columns);
+    ``d2`` holds (squared or plain) distances from each cell of one side (rows) to each of the other (columns);
     the result is ``True`` where each of the two is among the other's ``k`` nearest of the
     other side (Haghverdi et al. 2018). Not differentiable: pairs are chosen, not scored.
 
@@ -570,15 +570,20 @@ class ZiPoModule(BaseModuleClass):
             old_z, old_labels = (t.to(z.device) for t in self.latent_pool)
             pool_z, pool_labels = torch.cat([pool_z, old_z]), torch.cat([labels, old_labels])
         self.latent_pool = (pool_z[:MNN_POOL_SIZE], pool_labels[:MNN_POOL_SIZE])
-        d2 = torch.cdist(pool_z, pool_z).pow(2)
-        n = z.shape[0]
+        n, done = z.shape[0], {}
 
         def counts(category: int, level: torch.Tensor) -> torch.Tensor:
-            a = pool_labels[:, category] == level
-            pairs = mutual_neighbours(d2[a][:, ~a], MMD_MNN_NEIGHBOURS)
-            out = z.new_zeros(pool_z.shape[0])
-            out[a], out[~a] = pairs.sum(1).to(out), pairs.sum(0).to(out)
-            return out[:n]
+            column = pool_labels[:, category]
+            # with two levels, each against the other is one pairing: found once
+            key = (category, None if column.unique().numel() == 2 else int(level))
+            if key not in done:
+                a = column == level
+                d = torch.cdist(pool_z[a], pool_z[~a])
+                pairs = mutual_neighbours(d, MMD_MNN_NEIGHBOURS)
+                out = z.new_zeros(pool_z.shape[0])
+                out[a], out[~a] = pairs.sum(1).to(out), pairs.sum(0).to(out)
+                done[key] = out[:n]
+            return done[key]
 
         return counts
 
