@@ -95,9 +95,10 @@ MMD_WEIGHTS = ("uniform", "mnn")
 def mutual_neighbours(d2: torch.Tensor, k: int) -> torch.Tensor:
     """Mutual ``k``-nearest-neighbour pairs between the rows and the columns of ``d2``.
 
-    ``d2`` holds (squared or plain) distances from each cell of one side (rows) to each of the other (columns);
-    the result is ``True`` where each of the two is among the other's ``k`` nearest of the
-    other side (Haghverdi et al. 2018). Not differentiable: pairs are chosen, not scored.
+    ``d2`` holds distances (squared or not) from each cell of one side (rows) to each of the
+    other (columns); the result is ``True`` where each of the two is among the other's ``k``
+    nearest of the other side (Haghverdi et al. 2018). Not differentiable: pairs are chosen,
+    not scored.
 
     Examples
     --------
