@@ -132,8 +132,6 @@ ZIPO_VARIANTS: dict[str, tuple[bool, dict[str, Any]]] = {
     ),
     # the encoder reads log1p of the raw counts (scVI's input, the paper's)
     "ZIPO (batch, log1p input)": (True, {"input_transform": "log1p", **_UNIFORM}),
-    # a pull between mutual nearest neighbours of the samples in place of the MMD
-    "ZIPO (batch, MNN instead of MMD)": (True, {"batch_mmd": 0.0, "batch_mnn": 10.0}),
 }
 PEERS = ("scVI (Poisson, batch)", "PCA (unintegrated)", "Harmony")
 DATASETS = ("sim", "hgmm1k", "pbmc3k", "two10x")

@@ -1,6 +1,6 @@
-"""Several samples: batch-free latents (encoder covariates, mutual-nearest-neighbour pull, MMD
-penalty, adversarial batch classifier), transform_batch, and the command line's
---transform-batch / --label-key."""
+"""Several samples: batch-free latents (encoder covariates, MMD penalty weighted by mutual
+nearest neighbours or uniform, adversarial batch classifier), transform_batch, and the command
+line's --transform-batch / --label-key."""
 
 import anndata
 import numpy as np
@@ -18,8 +18,8 @@ from zipo_scvi.data import simulate_counts
 def test_paper_preset_keeps_the_batch_beside_the_latents_only(adata):
     paper, default = preset("paper")[0], preset("default")[0]
     assert not paper["encode_covariates"]
-    assert paper["batch_mmd"] == paper["batch_mnn"] == paper["batch_adversary"] == 0
-    assert default["encode_covariates"] and default["batch_mmd"] > 0 and default["batch_mnn"] == 0
+    assert paper["batch_mmd"] == paper["batch_adversary"] == 0
+    assert default["encode_covariates"] and default["batch_mmd"] > 0
     assert (paper["batch_mmd_weights"], default["batch_mmd_weights"]) == ("uniform", "mnn")
     ZIPO.setup_anndata(adata, batch_key="batch")
     model = ZIPO(adata, preset="paper", **TINY)
@@ -31,10 +31,6 @@ def test_paper_preset_keeps_the_batch_beside_the_latents_only(adata):
     assert ZIPO(adata, encode_covariates=False, **TINY).module.encoder.covariates is None
     model.train(**FAST)
     assert np.isfinite(model.history["batch_mmd_train"].to_numpy(float)).all()
-    assert "batch_mnn_train" not in model.history
-    model = ZIPO(adata, batch_mmd=0.0, batch_mnn=10.0, **TINY)
-    model.train(**FAST)
-    assert np.isfinite(model.history["batch_mnn_train"].to_numpy(float)).all()
 
 
 def test_categorical_covariates_are_nuisance_too(adata):
@@ -83,29 +79,12 @@ def _surplus_type_latents():
     return z, {REGISTRY_KEYS.BATCH_KEY: labels.reshape(-1, 1)}
 
 
-def test_mnn_pulls_matching_cells_together_and_leaves_a_surplus_type_alone():
-    """Mutual nearest neighbours pair B's type 1 with A's; B's type 3, which A lacks, finds no
-    pair and gets no pull, where the MMD pulls it towards A's cells."""
-    z, tensors = _surplus_type_latents()
-    module = ZiPoModule(20, n_batch=2, encoder_sizes=(8, 2), batch_mnn=1.0, batch_mmd=1.0)
-    (grad,) = torch.autograd.grad(module.batch_mnn(z, tensors), z)
-    type_1_b, type_3 = slice(100, 150), slice(150, 200)
-    assert grad[type_1_b].abs().sum() > 0
-    assert grad[type_3].abs().sum() == 0  # the surplus type is left where it is
-    moved = z.detach() - 0.1 * grad / grad.norm(dim=1).max()
-    gap = (z[type_1_b].mean(0) - z[:50].mean(0)).norm()
-    assert (moved[type_1_b].mean(0) - moved[:50].mean(0)).norm() < gap
-    (mmd_grad,) = torch.autograd.grad(module.batch_mmd(z, tensors), z)
-    step, to_a = -mmd_grad[type_3].mean(0), z[:50].mean(0) - z[type_3].mean(0)
-    assert torch.cosine_similarity(step, to_a.detach(), dim=0) > 0.5  # the MMD pulls it to A
-
-
 def test_mnn_weighted_mmd_leaves_a_surplus_type_alone_and_pulls_the_shared_one():
     """Weighted by mutual nearest neighbours, the MMD gives B's type 3 (which A lacks) and A's
     type 2 (which B lacks) no weight, so no gradient, and still pulls B's type 1 onto A's."""
     z, tensors = _surplus_type_latents()
-    module = ZiPoModule(20, n_batch=2, encoder_sizes=(8, 2), batch_mmd=1.0)
-    module.batch_mmd_weights = "mnn"
+    kwargs = {"n_batch": 2, "encoder_sizes": (8, 2), "batch_mmd": 1.0}
+    module = ZiPoModule(20, batch_mmd_weights="mnn", **kwargs)
     (grad,) = torch.autograd.grad(module.batch_mmd(z, tensors), z)
     type_1_a, type_2_a, type_1_b, type_3 = (slice(i, i + 50) for i in (0, 50, 100, 150))
     assert grad[type_3].abs().sum() == grad[type_2_a].abs().sum() == 0
@@ -113,6 +92,10 @@ def test_mnn_weighted_mmd_leaves_a_surplus_type_alone_and_pulls_the_shared_one()
     moved = z.detach() - 0.1 * grad / grad.norm(dim=1).max()
     gap = (z[type_1_b].mean(0) - z[type_1_a].mean(0)).norm()
     assert (moved[type_1_b].mean(0) - moved[type_1_a].mean(0)).norm() < gap
+    uniform = ZiPoModule(20, batch_mmd_weights="uniform", **kwargs)
+    (grad,) = torch.autograd.grad(uniform.batch_mmd(z, tensors), z)
+    step, to_a = -grad[type_3].mean(0), z[:100].mean(0) - z[type_3].mean(0)
+    assert torch.cosine_similarity(step, to_a.detach(), dim=0) > 0.5  # uniform: pulled to A
 
 
 def test_mnn_weights_give_both_samples_the_same_composition():
@@ -143,24 +126,8 @@ def test_mnn_pool_is_bounded_and_not_saved():
         ZiPoModule(20, n_batch=2, encoder_sizes=(8, 4), batch_mmd_weights="mutual")
 
 
-def test_mnn_is_zero_without_a_second_sample_and_larger_between_shifted_samples():
-    module = ZiPoModule(20, n_batch=2, encoder_sizes=(8, 4), batch_mnn=1.0)
-    torch.manual_seed(0)
-    mixed = torch.randn(128, 4)
-    labels = torch.arange(128).remainder(2)
-    tensors = {REGISTRY_KEYS.BATCH_KEY: labels.reshape(-1, 1)}
-    one_sample = {REGISTRY_KEYS.BATCH_KEY: torch.zeros(128, 1)}
-    assert module.batch_mnn(mixed, one_sample) == 0
-    shifted = mixed + 3.0 * labels[:, None]
-    assert module.batch_mnn(shifted, tensors) > 2 * module.batch_mnn(mixed, tensors) > 0
-    # the pull is scale-free: the same latents, ten times as large, score the same
-    assert torch.isclose(
-        module.batch_mnn(10 * shifted, tensors), module.batch_mnn(shifted, tensors)
-    )
-
-
 def test_a_negative_batch_penalty_is_refused_by_name():
-    for name in ("batch_mnn", "batch_mmd", "batch_adversary"):
+    for name in ("batch_mmd", "batch_adversary"):
         with pytest.raises(ValueError, match=name):
             ZiPoModule(20, n_batch=2, encoder_sizes=(8, 4), **{name: -1.0})
 
@@ -237,8 +204,7 @@ def test_batch_handling_mixes_latents_of_a_strong_batch_effect():
     # measured (seed 0): 1.0, 0.775, 0.607 (0.5 = mixed); model seeds 1-3: 1.0, 0.832-0.992,
     # 0.586-0.661. The decoder starting at each batch's profile leaves the encoder less reason
     # to carry the batch; the default's MMD penalty mixes the batches (model seeds 0-3: MMD
-    # weighted by mutual neighbours 0.55-0.61, every cell alike 0.57-0.66; batch_mnn=10 in
-    # its place left them apart here: 0.991, see docs/samples.md)
+    # weighted by mutual neighbours 0.55-0.61, every cell alike 0.57-0.66)
     assert shares["decoder only, batch profiles at the start"] < shares["decoder only"] - 0.1
     assert shares["default"] < shares["decoder only"] - 0.3, shares
 

@@ -79,7 +79,6 @@ SETTING_RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
             "alpha_theta",
             "alpha_library",
             "batch_mmd",
-            "batch_mnn",
             "batch_adversary",
         )
     },

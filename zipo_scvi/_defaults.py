@@ -39,7 +39,6 @@ PAPER_MODULE: MappingProxyType = MappingProxyType(
         # how that MMD weighs the cells: "uniform", or "mnn" (by mutual nearest neighbours)
         "batch_mmd_weights": "uniform",
         "batch_adversary": 0.0,  # weight of an adversarial batch classifier on the latents
-        "batch_mnn": 0.0,  # weight of a pull between mutual nearest neighbours of two batches
     }
 )
 

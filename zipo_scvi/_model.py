@@ -207,12 +207,12 @@ likelihood, alpha_z, alpha_w, alpha_theta, alpha_library
         Start the library and mean heads at the data's averages
         (:meth:`ZiPoModule.init_from_data <zipo_scvi.ZiPoModule.init_from_data>`); ``None``:
         the preset's (default ``True``, paper ``False``).
-    encode_covariates, batch_mmd, batch_mmd_weights, batch_adversary, batch_mnn
+    encode_covariates, batch_mmd, batch_mmd_weights, batch_adversary
         Several samples (:class:`~zipo_scvi.ZiPoModule`): the batch and categorical covariates
         also enter the encoder; the weight of a kernel MMD penalty and how it weighs the cells
-        (``"uniform"`` or ``"mnn"``: by mutual nearest neighbours across batches), weights of
-        an adversarial batch classifier on the latents and of a pull between mutual nearest
-        neighbours. ``None``: the preset's (paper: off).
+        (``"uniform"`` or ``"mnn"``: by mutual nearest neighbours across batches), and the
+        weight of an adversarial batch classifier on the latents. ``None``: the preset's
+        (paper: off).
 
     Notes
     -----
@@ -274,7 +274,6 @@ likelihood, alpha_z, alpha_w, alpha_theta, alpha_library
         batch_mmd: float | None = None,
         batch_mmd_weights: Literal["uniform", "mnn"] | None = None,
         batch_adversary: float | None = None,
-        batch_mnn: float | None = None,
     ):
         super().__init__(adata, registry=registry)
         module_defaults, self._train_defaults = get_preset(preset)

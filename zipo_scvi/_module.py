@@ -77,14 +77,10 @@ def _covariate_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     }
 
 
-#: Neighbours per cell among which :meth:`ZiPoModule.batch_mnn` looks for mutual pairs (the
-#: minibatch's other side; fastMNN's default is 20 among all cells of a batch, a minibatch of
-#: 128 holds about a tenth of a 1,000-cell sample).
-MNN_NEIGHBOURS = 5
 #: Neighbours per cell among which :meth:`ZiPoModule.mmd_weights` looks for mutual pairs,
 #: fastMNN's default, among the cells of :data:`MNN_POOL_SIZE` (the minibatch and the latest
 #: latents of earlier ones).
-MMD_MNN_NEIGHBOURS = 20
+MNN_NEIGHBOURS = 20
 #: Latents (detached) of the latest minibatches that :meth:`ZiPoModule.mmd_weights` finds
 #: mutual neighbours among: pairs found within one minibatch of 128 are too loose (a cell's 5
 #: nearest of 64 reach into other cell types).
@@ -222,11 +218,6 @@ class ZiPoModule(BaseModuleClass):
         :class:`~scvi.train.AdversarialTrainingPlan`, see :meth:`adversarial_losses`). 0
         disables it (paper and default: with two samples the encoder learns to swap them
         rather than mix them, see ``docs/samples.md``).
-    batch_mnn
-        Weight of a pull between the latents of mutual nearest neighbours across batches in
-        the minibatch (:meth:`batch_mnn`): unlike ``batch_mmd`` it pairs only cells that are
-        each other's close matches, so a cell type that one sample holds and the other lacks
-        is left where it is. 0 disables it (paper).
 
     Examples
     --------
@@ -265,7 +256,6 @@ class ZiPoModule(BaseModuleClass):
         batch_mmd: float = _P["batch_mmd"],
         batch_mmd_weights: str = _P["batch_mmd_weights"],
         batch_adversary: float = _P["batch_adversary"],
-        batch_mnn: float = _P["batch_mnn"],
     ):
         super().__init__()
         check_settings(
@@ -281,7 +271,6 @@ class ZiPoModule(BaseModuleClass):
                 "alpha_theta": alpha_theta,
                 "alpha_library": alpha_library,
                 "batch_mmd": batch_mmd,
-                "batch_mnn": batch_mnn,
                 "batch_adversary": batch_adversary,
             }
         )
@@ -321,7 +310,6 @@ class ZiPoModule(BaseModuleClass):
         # (latents, nuisance labels) of the latest training cells, for mmd_weights; not saved
         self.latent_pool: tuple[torch.Tensor, torch.Tensor] | None = None
         self.batch_adversary = float(batch_adversary)
-        self.batch_mnn_weight = float(batch_mnn)
         nuisance = [n_batch if n_batch > 1 else 0, *self.n_cats_per_cov]
         self.n_nuisance = sum(n > 1 for n in nuisance)
         # scvi's AdversarialTrainingPlan builds the same classifier (2 x 32 hidden, logits)
@@ -490,7 +478,7 @@ class ZiPoModule(BaseModuleClass):
 
         Over the categories of :meth:`nuisance_labels` (``category`` indexes them), the levels
         where those cells and the others number at least ``min_cells`` each: the two sides
-        that :meth:`batch_mmd` and :meth:`batch_mnn` compare.
+        that :meth:`batch_mmd` compares.
         """
         for category, label in enumerate(self.nuisance_labels(tensors)):
             for level in label.unique():
@@ -556,7 +544,7 @@ class ZiPoModule(BaseModuleClass):
 
         The neighbours are sought among the minibatch and the latest :data:`MNN_POOL_SIZE`
         training latents of earlier minibatches (kept in ``latent_pool``, detached, updated
-        here), at :data:`MMD_MNN_NEIGHBOURS` per cell (fastMNN's mutual nearest neighbours,
+        here), at :data:`MNN_NEIGHBOURS` per cell (fastMNN's mutual nearest neighbours,
         Haghverdi et al. 2018): a type that one sample holds and the other lacks finds no
         mutual neighbour and weighs nothing in :meth:`batch_mmd`, and since every pair adds
         one cell to each side, the two sides' weights hold the cell types in the same shares.
@@ -580,41 +568,13 @@ class ZiPoModule(BaseModuleClass):
             if key not in done:
                 a = column == level
                 d = torch.cdist(pool_z[a], pool_z[~a])
-                pairs = mutual_neighbours(d, MMD_MNN_NEIGHBOURS)
+                pairs = mutual_neighbours(d, MNN_NEIGHBOURS)
                 out = z.new_zeros(pool_z.shape[0])
                 out[a], out[~a] = pairs.sum(1).to(out), pairs.sum(0).to(out)
                 done[key] = out[:n]
             return done[key]
 
         return counts
-
-    def batch_mnn(self, z: torch.Tensor, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean squared latent distance of mutual nearest neighbours across nuisance levels.
-
-        For each nuisance category (:meth:`nuisance_labels`) and each of its levels in the
-        minibatch, the cells of that level and the other cells are paired where each is among
-        the other's :data:`MNN_NEIGHBOURS` nearest cells of the other side (mutual nearest
-        neighbours, Haghverdi et al. 2018, the anchors of fastMNN and Seurat), chosen on
-        detached distances; the mean squared distance of those pairs, over the minibatch's
-        median squared distance (a detached scale), is summed over the levels. Where the
-        samples hold different shares of cell types, a surplus type finds no mutual
-        neighbours in the other sample and is not pulled onto another type, which a
-        distribution penalty (:meth:`batch_mmd`) does.
-
-        Known limits (``docs/samples.md``): its gradient also shrinks the whole latent space
-        (which the linear decoder absorbs), and where the samples start far apart it can leave
-        them apart; versions that cannot shrink (standardised latents, a scale with gradients)
-        mixed a strong simulated effect but lost the cell types of real data.
-        """
-        total = z.new_zeros(())
-        d2 = torch.cdist(z, z).pow(2)
-        scale = d2.detach().median().clamp_min(1e-12)
-        for _, _, a in self.nuisance_levels(tensors, min_cells=1):
-            d = d2[a][:, ~a]
-            pairs = mutual_neighbours(d, MNN_NEIGHBOURS)
-            if pairs.any():
-                total = total + d[pairs].mean() / scale
-        return total
 
     def log_likelihood(self, x: torch.Tensor, generative_outputs: dict) -> torch.Tensor:
         """Elementwise log-likelihood of counts ``x`` under the decoded distribution."""
@@ -675,10 +635,6 @@ class ZiPoModule(BaseModuleClass):
             mmd = self.batch_mmd(inference_outputs["z"], tensors)
             loss = loss + self.batch_mmd_weight * mmd
             extra["batch_mmd"] = mmd.detach()
-        if self.training and self.batch_mnn_weight > 0 and self.n_nuisance:
-            mnn = self.batch_mnn(inference_outputs["z"], tensors)
-            loss = loss + self.batch_mnn_weight * mnn
-            extra["batch_mnn"] = mnn.detach()
         if self.training and len(self.adversaries):
             fool, classify = self.adversarial_losses(inference_outputs["z"], tensors)
             loss = loss + self.batch_adversary * (fool + classify)
