@@ -102,6 +102,7 @@ ZIPO_VARIANTS: dict[str, tuple[bool, dict[str, Any]]] = {
     "ZIPO (batch)": (True, {}),
     # the default until 2026-12-06: every cell alike in the MMD
     "ZIPO (batch, uniform MMD)": (True, _UNIFORM),
+    "ZIPO (batch, MMD 5)": (True, {"batch_mmd": 5.0}),  # the default's MMD at half the weight
     # the default until 2026-12-05: the encoder read log1p of counts per 10,000 (the default
     # now scales them to the training cells' median total)
     "ZIPO (no batch, input per 10,000)": (False, _PER_10K),
