@@ -93,16 +93,16 @@ _OFF = {"encode_covariates": False, "batch_mmd": 0.0, "batch_adversary": 0.0}
 #: The encoder's input before 2026-12-05 (counts per 10,000): the study rows run then keep it,
 #: so that they run again as they were recorded.
 _PER_10K = {"input_target_sum": 1e4}
-#: The MMD's weights before 2026-12-06 (every cell alike; now by mutual nearest neighbours):
-#: the study rows with an MMD run then keep them.
-_UNIFORM = {"batch_mmd_weights": "uniform"}
+#: The MMD before 2026-12-06 (weight 10, every cell alike; now 5, by mutual nearest
+#: neighbours): the study rows with an MMD run then keep it (a weight given after it wins).
+_UNIFORM = {"batch_mmd": 10.0, "batch_mmd_weights": "uniform"}
 ZIPO_VARIANTS: dict[str, tuple[bool, dict[str, Any]]] = {
     "ZIPO (no batch)": (False, {}),
     # the default preset: batch in encoder and decoder + MMD weighted by mutual neighbours
     "ZIPO (batch)": (True, {}),
     # the default until 2026-12-06: every cell alike in the MMD
     "ZIPO (batch, uniform MMD)": (True, _UNIFORM),
-    "ZIPO (batch, MMD 5)": (True, {"batch_mmd": 5.0}),  # the default's MMD at half the weight
+    "ZIPO (batch, MMD 10)": (True, {"batch_mmd": 10.0}),  # the default's MMD at twice the weight
     # the default until 2026-12-05: the encoder read log1p of counts per 10,000 (the default
     # now scales them to the training cells' median total)
     "ZIPO (no batch, input per 10,000)": (False, _PER_10K),
@@ -116,10 +116,10 @@ ZIPO_VARIANTS: dict[str, tuple[bool, dict[str, Any]]] = {
         True,
         {**_OFF, "encode_covariates": True, "batch_adversary": 30.0, **_PER_10K},
     ),
-    "ZIPO (batch, MMD 30)": (True, {"batch_mmd": 30.0, **_PER_10K, **_UNIFORM}),
+    "ZIPO (batch, MMD 30)": (True, {**_UNIFORM, "batch_mmd": 30.0, **_PER_10K}),
     "ZIPO (batch, MMD 100)": (
         True,
-        {"batch_mmd": 100.0, **_PER_10K, **_UNIFORM},
+        {**_UNIFORM, "batch_mmd": 100.0, **_PER_10K},
     ),  # the first weight
     # stopping on the held-out counts' NLL alone (the loss also holds the library
     # subnetwork's fit of each cell's total, which plays no part in the denoised output)
@@ -139,6 +139,7 @@ DATASETS = ("sim", "hgmm1k", "pbmc3k", "two10x")
 #: ZIPO variants run by default beside MAIN (what each piece of the batch handling adds).
 STUDY = (
     "ZIPO (batch, uniform MMD)",
+    "ZIPO (batch, MMD 10)",
     "ZIPO (batch, input per 10,000)",
     "ZIPO (batch, no MMD)",
     "ZIPO (batch, not in the encoder)",
@@ -725,13 +726,17 @@ def docs_body(rows: pd.DataFrame, command: str) -> str:
         f"Seeds: {', '.join(map(str, seeds))}; mean ± s.d. over seeds where more than one. "
         "Higher is better except the same-sample share (0.5 = mixed), MCV Poisson and |r|. "
         "`ZIPO (batch)` is the default preset (the batch to the encoder and beside the "
-        "latents, the decoder started at each batch's profile, MMD between the samples' "
-        "latents, the encoder reading log1p of counts scaled to the training cells' median "
-        "total); `input per 10,000` is the default until 2026-12-05 (counts scaled to 10,000 "
-        "per cell), and the study rows `no MMD` (the paper's decoder-only batch, with the "
-        "data-dependent start), `not in the encoder` (the MMD kept, the batch given to the "
-        "decoder only), `MMD 30` and `MMD 100` (the penalty's weight; the default is 10) change "
-        "that default; `log1p input` reads log1p of the raw counts. "
+        "latents, the decoder started at each batch's profile, an MMD of weight 5 between the "
+        "samples' latents with each cell weighted by its mutual nearest neighbours in the "
+        "other sample, the encoder reading log1p of counts scaled to the training cells' "
+        "median total); `MMD 10` is that MMD at weight 10, `uniform MMD` the default until "
+        "2026-12-06 (weight 10, every cell alike), `input per 10,000` the default until "
+        "2026-12-05 (as `uniform MMD`, with counts scaled to 10,000 per cell), and the study "
+        "rows `no MMD` (the paper's decoder-only batch, with the data-dependent start), `not in "
+        "the encoder` (the MMD kept, the batch given to the decoder only), `MMD 30` and `MMD "
+        "100` (the uniform penalty's weight) change that default; `log1p input` reads log1p of "
+        "the raw counts (uniform MMD); `MNN instead of MMD` is a pull between mutual nearest "
+        "neighbours in place of the MMD (an opt-in of 2026-12-05, removed). "
         "Raw rows: `benchmarks/results/integration/results.csv`. "
         f"Data: {N_GENES:,} genes per set, at most {N_CELLS:,} cells per sample (pbmc3k: a "
         f"random {N_CELLS:,} of its 2,700 cells, labelled by Leiden clusters computed on all of "
