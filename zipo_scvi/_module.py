@@ -98,7 +98,7 @@ def mutual_neighbours(d2: torch.Tensor, k: int) -> torch.Tensor:
 
     Examples
     --------
-    >>> d2 = torch.tensor([[0.0, 5.0], [1.0, 2.0], [9.0, 9.5]])
+    >>> d2 = torch.tensor([[0.0, 5.0], [3.0, 2.0], [9.0, 9.5]])
     >>> mutual_neighbours(d2, 1)
     tensor([[ True, False],
             [False,  True],
