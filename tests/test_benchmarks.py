@@ -425,3 +425,23 @@ def test_speed_times_each_model_to_a_trained_model(tmp_path, monkeypatch):
         assert np.isfinite(timed[label]["poisson"])
     table = (tmp_path / "table.md").read_text()
     assert "| scVI defaults |" in table and "time vs ZIPO" in table
+
+
+def test_integration_score_puts_torch_threads_back(monkeypatch):
+    """A library that raises torch's thread count while scoring must not change how the next
+    training sums (one seed gave other numbers after another run than run first)."""
+    import torch
+
+    from benchmarks import integration
+
+    def raises_threads(*args):
+        torch.set_num_threads(torch.get_num_threads() + 1)
+        return {}
+
+    monkeypatch.setattr(integration, "_score", raises_threads)
+    before = torch.get_num_threads()
+    try:
+        integration.score({}, None, None)
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
