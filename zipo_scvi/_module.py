@@ -472,18 +472,18 @@ class ZiPoModule(BaseModuleClass):
         return [label.reshape(-1).long() for label in labels]
 
     def nuisance_levels(
-        self, tensors: dict[str, torch.Tensor], min_cells: int = 1
+        self, tensors: dict[str, torch.Tensor]
     ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """``(category, level, mask)`` of the minibatch's cells at each nuisance level.
 
         Over the categories of :meth:`nuisance_labels` (``category`` indexes them), the levels
-        where those cells and the others number at least ``min_cells`` each: the two sides
-        that :meth:`batch_mmd` compares.
+        where those cells and the others number at least 2 each (a within-side mean needs
+        two): the two sides that :meth:`batch_mmd` compares.
         """
         for category, label in enumerate(self.nuisance_labels(tensors)):
             for level in label.unique():
                 a = label == level
-                if int(a.sum()) >= min_cells and int((~a).sum()) >= min_cells:
+                if int(a.sum()) >= 2 and int((~a).sum()) >= 2:
                     yield category, level, a
 
     def adversarial_losses(
@@ -526,7 +526,7 @@ class ZiPoModule(BaseModuleClass):
         scale = d2.detach().median().clamp_min(1e-6)
         kernel = sum(torch.exp(-d2 / (scale * f)) for f in (0.25, 0.5, 1.0, 2.0, 4.0))
         counts = self.mmd_weights(z, tensors) if self.batch_mmd_weights == "mnn" else None
-        for category, level, a in self.nuisance_levels(tensors, min_cells=2):
+        for category, level, a in self.nuisance_levels(tensors):
             if counts is None:
                 wa, wb = (z.new_full((int(m.sum()),), 1.0) for m in (a, ~a))
             else:
@@ -561,6 +561,7 @@ class ZiPoModule(BaseModuleClass):
         self.latent_pool = (pool_z[:MNN_POOL_SIZE], pool_labels[:MNN_POOL_SIZE])
         n, done = z.shape[0], {}
 
+        @torch.no_grad()  # called after this method returns: its own no-grad
         def counts(category: int, level: torch.Tensor) -> torch.Tensor:
             column = pool_labels[:, category]
             # with two levels, each against the other is one pairing: found once
